@@ -1,0 +1,382 @@
+package runtime
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/flowgen/flowgen/runtime/backend"
+)
+
+// record is a node instance's completion: its output and its routing decision, written
+// once. A skipped instance (its branch not taken) has a record with Skipped set.
+type record struct {
+	Output  json.RawMessage `json:"o,omitempty"`
+	Action  string          `json:"a,omitempty"`
+	Taken   []int           `json:"t,omitempty"` // indexes of the edges taken
+	Skipped bool            `json:"s,omitempty"`
+	Items   int             `json:"n,omitempty"` // batch scatter: number of items
+}
+
+func decodeRecord(data []byte) (*record, error) {
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("corrupt completion record: %w", err)
+	}
+	return &r, nil
+}
+
+// transition applies the completion algorithm inside one backend transaction:
+//
+//  1. record the completion once (output and routing decision);
+//  2. record one arrival per predecessor in each successor's arrival set ("taken" or
+//     "skipped"), so a replay adds nothing;
+//  3. decide readiness from the set and claim the successor once; only the claimant
+//     enqueues it;
+//  4. propagate skips to successors that can never run;
+//  5. finish the run when no claimed instance is left open.
+type transition struct {
+	tx  backend.Tx
+	run *backend.Run
+	wf  *Workflow
+	now time.Time
+}
+
+func newTransition(tx backend.Tx, wf *Workflow) *transition {
+	return &transition{tx: tx, run: tx.Run(), wf: wf, now: time.Now()}
+}
+
+// complete records in's completion and propagates it. delay postpones the successors
+// (sleep nodes). It reports false when in was already complete.
+func (x *transition) complete(in instance, rec *record, delay time.Duration) (bool, error) {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return false, err
+	}
+	created, err := x.tx.PutIfAbsent(completionKey(in.key()), data)
+	if err != nil || !created {
+		return false, err
+	}
+	if _, err := x.tx.Incr(openKey, -1); err != nil {
+		return false, err
+	}
+	if err := x.propagate(in, rec, delay); err != nil {
+		return false, err
+	}
+	return true, x.finishIfIdle()
+}
+
+// propagate records in's arrival at each successor, taken or skipped.
+func (x *transition) propagate(in instance, rec *record, delay time.Duration) error {
+	node := x.wf.Nodes[in.node]
+	if node.Kind == KindBatchScatter {
+		return nil // a scatter reaches its gather through its items
+	}
+	taken := make(map[int]bool, len(rec.Taken))
+	for _, i := range rec.Taken {
+		taken[i] = true
+	}
+	for i, e := range node.Edges {
+		target := x.wf.Nodes[e.Target]
+		if err := x.arrive(in.successor(node, target), in, taken[i] && !rec.Skipped, delay); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// arrive records that from reached target (or was skipped) and claims or skips target
+// when that decides it.
+func (x *transition) arrive(target, from instance, taken bool, delay time.Duration) error {
+	mark := []byte{'0'}
+	if taken {
+		mark[0] = '1'
+	}
+	added, err := x.tx.PutIfAbsent(arrivalKey(target.key(), from.node), mark)
+	if err != nil || !added {
+		return err
+	}
+	node := x.wf.Nodes[target.node]
+	preds := node.Preds
+	if node.Kind == KindLoop && target.iteration() > 0 {
+		preds = node.LoopPreds
+	}
+	if taken && (node.Join == JoinAny || node.Kind == KindLoop) {
+		return x.claim(target, from.key(), delay)
+	}
+	keys := make([]string, len(preds))
+	for i, p := range preds {
+		keys[i] = arrivalKey(target.key(), p)
+	}
+	marks, err := x.tx.Get(keys...)
+	if err != nil {
+		return err
+	}
+	anyTaken := false
+	for _, m := range marks {
+		if m == nil {
+			return nil // still waiting for a predecessor
+		}
+		anyTaken = anyTaken || m[0] == '1'
+	}
+	if !anyTaken {
+		return x.skip(target)
+	}
+	if node.Join == JoinAll && node.Kind != KindLoop {
+		return x.claim(target, "", delay)
+	}
+	return nil // an any-join already claimed by its first arrival
+}
+
+// claim marks target ready once and enqueues it.
+func (x *transition) claim(target instance, from string, delay time.Duration) error {
+	key := target.key()
+	won, err := x.tx.PutIfAbsent(claimKey(key), []byte(from))
+	if err != nil || !won {
+		return err
+	}
+	if node := x.wf.Nodes[target.node]; node.Kind == KindLoop && node.MaxIterations > 0 && target.iteration() >= node.MaxIterations {
+		x.fail(node.ID, fmt.Sprintf("loop exceeded %d iterations", node.MaxIterations))
+		return nil
+	}
+	if _, err := x.tx.Incr(openKey, 1); err != nil {
+		return err
+	}
+	x.enqueue(backend.Exec, key, from, delay)
+	return nil
+}
+
+// skip records that target can never run and propagates the skip.
+func (x *transition) skip(target instance) error {
+	rec := &record{Skipped: true}
+	data, _ := json.Marshal(rec)
+	created, err := x.tx.PutIfAbsent(completionKey(target.key()), data)
+	if err != nil || !created {
+		return err
+	}
+	return x.propagate(target, rec, 0)
+}
+
+func (x *transition) enqueue(kind backend.JobKind, inst, from string, delay time.Duration) {
+	j := backend.Job{
+		ID: newID(), Run: x.run.ID, Workflow: x.run.Workflow, Version: x.run.Version,
+		Kind: kind, Node: inst, From: from, Attempt: 1, Priority: x.run.Priority,
+	}
+	if delay > 0 {
+		j.NotBefore = x.now.Add(delay)
+	}
+	x.tx.Enqueue(j)
+}
+
+// finishIfIdle completes the run when nothing is open.
+func (x *transition) finishIfIdle() error {
+	open, err := x.tx.Incr(openKey, 0)
+	if err != nil || open > 0 || x.run.Status != backend.Running {
+		return err
+	}
+	result, err := x.result()
+	if err != nil {
+		return err
+	}
+	x.run.Status = backend.Completed
+	x.run.Result = result
+	x.notifyParent()
+	return nil
+}
+
+// result is the terminal node's output, or with several terminals an object of the
+// outputs of those that ran, keyed by node id.
+func (x *transition) result() ([]byte, error) {
+	keys := make([]string, len(x.wf.Terminals))
+	for i, t := range x.wf.Terminals {
+		keys[i] = completionKey(t)
+	}
+	vals, err := x.tx.Get(keys...)
+	if err != nil {
+		return nil, err
+	}
+	outs := make(map[string]json.RawMessage, len(vals))
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		rec, err := decodeRecord(v)
+		if err != nil {
+			return nil, err
+		}
+		if !rec.Skipped && len(rec.Output) > 0 {
+			outs[x.wf.Terminals[i]] = rec.Output
+		}
+	}
+	if len(x.wf.Terminals) == 1 {
+		if out, ok := outs[x.wf.Terminals[0]]; ok {
+			return out, nil
+		}
+		return []byte("null"), nil
+	}
+	return json.Marshal(outs)
+}
+
+// fail ends the run as failed at node.
+func (x *transition) fail(node, reason string) {
+	if x.run.Status != backend.Running {
+		return
+	}
+	x.run.Status = backend.Failed
+	x.run.FailedNode = node
+	x.run.Reason = reason
+	x.notifyParent()
+}
+
+// notifyParent enqueues the parent's ChildDone job when a subflow's run ends.
+func (x *transition) notifyParent() {
+	if x.run.Parent == "" {
+		return
+	}
+	x.tx.Enqueue(backend.Job{
+		ID: newID(), Run: x.run.Parent, Kind: backend.ChildDone, Node: x.run.ParentNode,
+		Attempt: 1, Priority: x.run.Priority,
+	})
+}
+
+// scatter completes a batch scatter: it records the batch and claims one job per item,
+// or the gather at once for an empty batch.
+func (x *transition) scatter(in instance, batch []byte, n int) error {
+	data, err := json.Marshal(&record{Output: batch, Items: n})
+	if err != nil {
+		return err
+	}
+	created, err := x.tx.PutIfAbsent(completionKey(in.key()), data)
+	if err != nil || !created {
+		return err
+	}
+	if _, err := x.tx.Incr(openKey, -1); err != nil {
+		return err
+	}
+	if err := x.tx.Put(batchSizeKey(in.key()), []byte(fmt.Sprint(n))); err != nil {
+		return err
+	}
+	for i := range n {
+		if err := x.claim(instance{node: in.node, scope: in.scope, item: i}, "", 0); err != nil {
+			return err
+		}
+	}
+	if n == 0 {
+		if err := x.claimGather(in); err != nil {
+			return err
+		}
+	}
+	return x.finishIfIdle()
+}
+
+// itemDone records a batch item's output; the last item claims the gather.
+func (x *transition) itemDone(item instance, out []byte) error {
+	data, err := json.Marshal(&record{Output: out})
+	if err != nil {
+		return err
+	}
+	created, err := x.tx.PutIfAbsent(completionKey(item.key()), data)
+	if err != nil || !created {
+		return err
+	}
+	if _, err := x.tx.Incr(openKey, -1); err != nil {
+		return err
+	}
+	sc := instance{node: item.node, scope: item.scope, item: -1}
+	done, err := x.tx.Incr(batchDoneKey(sc.key()), 1)
+	if err != nil {
+		return err
+	}
+	size, err := x.tx.Incr(batchSizeKey(sc.key()), 0)
+	if err != nil {
+		return err
+	}
+	if done == size {
+		if err := x.claimGather(sc); err != nil {
+			return err
+		}
+	}
+	return x.finishIfIdle()
+}
+
+func (x *transition) claimGather(scatter instance) error {
+	node := x.wf.Nodes[scatter.node]
+	gather := scatter.successor(node, x.wf.Nodes[node.Gather])
+	if _, err := x.tx.PutIfAbsent(arrivalKey(gather.key(), scatter.node), []byte{'1'}); err != nil {
+		return err
+	}
+	return x.claim(gather, scatter.key(), 0)
+}
+
+// rerun resets node and its descendants, claims node again and re-enqueues every
+// instance that is claimed and not complete (work abandoned when the run ended).
+func (x *transition) rerun(node string) error {
+	if x.wf.Nodes[node] == nil {
+		return fmt.Errorf("workflow %s has no node %q", x.wf.ID, node)
+	}
+	desc := descendants(x.wf, node)
+	inD := make(map[string]bool, len(desc))
+	for _, d := range desc {
+		n := x.wf.Nodes[d]
+		if n.Depth > 0 || n.Kind == KindBatchScatter || n.Kind == KindBatchGather {
+			return fmt.Errorf("node %q is inside a loop or a batch; rerun supports nodes outside them", d)
+		}
+		inD[d] = true
+	}
+	claimed, err := x.tx.Get(claimKey(node))
+	if err != nil {
+		return err
+	}
+	for _, d := range desc {
+		n := x.wf.Nodes[d]
+		keys := []string{completionKey(d), claimKey(d), waitingKey(d), resumeKey(d)}
+		for _, p := range append(append([]string(nil), n.Preds...), n.LoopPreds...) {
+			if inD[p] {
+				keys = append(keys, arrivalKey(d, p))
+			}
+		}
+		if err := x.tx.Delete(keys...); err != nil {
+			return err
+		}
+	}
+	if err := x.tx.Put(claimKey(node), claimed[0]); err != nil {
+		return err
+	}
+	open, err := x.requeueOpen()
+	if err != nil {
+		return err
+	}
+	if err := x.tx.Put(openKey, []byte(fmt.Sprint(open))); err != nil {
+		return err
+	}
+	return x.finishIfIdle()
+}
+
+// requeueOpen enqueues every top-level node instance that is claimed and not complete,
+// and returns how many there are.
+func (x *transition) requeueOpen() (int, error) {
+	ids := make([]string, 0, len(x.wf.Nodes))
+	for id, n := range x.wf.Nodes {
+		if n.Depth == 0 && n.Kind != KindBatchScatter {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	keys := make([]string, 0, 2*len(ids))
+	for _, id := range ids {
+		keys = append(keys, claimKey(id), completionKey(id))
+	}
+	vals, err := x.tx.Get(keys...)
+	if err != nil {
+		return 0, err
+	}
+	open := 0
+	for i, id := range ids {
+		if c, done := vals[2*i], vals[2*i+1]; c != nil && done == nil {
+			open++
+			x.enqueue(backend.Exec, id, string(c), 0)
+		}
+	}
+	return open, nil
+}
