@@ -55,6 +55,9 @@ const (
 	InputStruct = "struct" // an `all` join or object `inputs`: a struct with one field per source
 	InputSlice  = "slice"  // an `all` join whose input is []T: outputs in Preds order, skipped ones left out
 	InputFirst  = "first"  // an `any` join or a loop controller: the output of the predecessor that arrived
+	// InputFallback is a fallback-only node's: the input of the failed node it stands in
+	// for (whichever node names it as fallback).
+	InputFallback = "fallback"
 )
 
 // Node is one analysed blueprint node.

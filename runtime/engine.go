@@ -47,9 +47,9 @@ func newTransition(tx backend.Tx, wf *Workflow) *transition {
 	return &transition{tx: tx, run: tx.Run(), wf: wf, now: time.Now()}
 }
 
-// complete records in's completion and propagates it. delay postpones the successors
-// (sleep nodes). It reports false when in was already complete.
-func (x *transition) complete(in instance, rec *record, delay time.Duration) (bool, error) {
+// complete records in's completion and propagates it. It reports false when in was
+// already complete.
+func (x *transition) complete(in instance, rec *record) (bool, error) {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return false, err
@@ -61,26 +61,89 @@ func (x *transition) complete(in instance, rec *record, delay time.Duration) (bo
 	if _, err := x.tx.Incr(openKey, -1); err != nil {
 		return false, err
 	}
-	if err := x.propagate(in, rec, delay); err != nil {
+	if err := x.propagate(in, rec); err != nil {
 		return false, err
 	}
 	return true, x.finishIfIdle()
 }
 
 // propagate records in's arrival at each successor, taken or skipped.
-func (x *transition) propagate(in instance, rec *record, delay time.Duration) error {
+//
+// Edges that cross a loop iteration are the exception: an untaken back edge records
+// nothing (the next iteration simply does not exist), and neither does an untaken edge
+// leaving the loop, since a later iteration may still take it; endLoop settles those
+// when the loop ends. A taken edge leaving a loop also stores the completion under the
+// instance key seen from outside the loop, where the nodes after the loop read it.
+func (x *transition) propagate(in instance, rec *record) error {
 	node := x.wf.Nodes[in.node]
 	if node.Kind == KindBatchScatter {
-		return nil // a scatter reaches its gather through its items
+		if !rec.Skipped {
+			return nil // a scatter reaches its gather through its items
+		}
+		gather := x.wf.Nodes[node.Gather]
+		return x.arrive(in.successor(node, gather), in, false)
 	}
 	taken := make(map[int]bool, len(rec.Taken))
 	for _, i := range rec.Taken {
-		taken[i] = true
+		taken[i] = !rec.Skipped
 	}
+	loopGoesOn := false
 	for i, e := range node.Edges {
 		target := x.wf.Nodes[e.Target]
-		if err := x.arrive(in.successor(node, target), in, taken[i] && !rec.Skipped, delay); err != nil {
+		crossing := backEdge(node, target) || leavesLoop(node, target)
+		switch {
+		case !taken[i] && crossing:
+			continue
+		case taken[i] && leavesLoop(node, target):
+			if err := x.recordExit(in, target, rec); err != nil {
+				return err
+			}
+		case taken[i] && target.Depth >= node.Depth:
+			loopGoesOn = true
+		}
+		if err := x.arrive(in.successor(node, target), in, taken[i]); err != nil {
 			return err
+		}
+	}
+	if node.Kind == KindLoop && !loopGoesOn {
+		return x.endLoop(in)
+	}
+	return nil
+}
+
+// recordExit stores the completion of in, which took an edge leaving its loop, under
+// the key of in as seen from target (its loop iterations dropped), unless an earlier
+// iteration already left the loop that way.
+func (x *transition) recordExit(in instance, target *Node, rec *record) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	outside := instance{node: in.node, scope: in.scope[:target.Depth], item: -1}
+	_, err = x.tx.PutIfAbsent(completionKey(outside.key()), data)
+	return err
+}
+
+// endLoop is called when iteration ctrl of a loop controller breaks or is skipped: the
+// loop is over, so every edge leaving the loop that no iteration took is recorded as
+// skipped, and nothing after the loop waits for it.
+func (x *transition) endLoop(ctrl instance) error {
+	body := make([]string, 0, len(x.wf.Nodes))
+	for id, n := range x.wf.Nodes {
+		if n.Loop == ctrl.node {
+			body = append(body, id)
+		}
+	}
+	sort.Strings(body)
+	for _, id := range body {
+		n := x.wf.Nodes[id]
+		from := instance{node: id, scope: ctrl.scope, item: -1}
+		for _, e := range n.Edges {
+			if target := x.wf.Nodes[e.Target]; leavesLoop(n, target) {
+				if err := x.arrive(from.successor(n, target), from, false); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil
@@ -88,7 +151,7 @@ func (x *transition) propagate(in instance, rec *record, delay time.Duration) er
 
 // arrive records that from reached target (or was skipped) and claims or skips target
 // when that decides it.
-func (x *transition) arrive(target, from instance, taken bool, delay time.Duration) error {
+func (x *transition) arrive(target, from instance, taken bool) error {
 	mark := []byte{'0'}
 	if taken {
 		mark[0] = '1'
@@ -103,7 +166,7 @@ func (x *transition) arrive(target, from instance, taken bool, delay time.Durati
 		preds = node.LoopPreds
 	}
 	if taken && (node.Join == JoinAny || node.Kind == KindLoop) {
-		return x.claim(target, from.key(), delay)
+		return x.claim(target, from.key(), 0)
 	}
 	keys := make([]string, len(preds))
 	for i, p := range preds {
@@ -124,12 +187,12 @@ func (x *transition) arrive(target, from instance, taken bool, delay time.Durati
 		return x.skip(target)
 	}
 	if node.Join == JoinAll && node.Kind != KindLoop {
-		return x.claim(target, "", delay)
+		return x.claim(target, "", 0)
 	}
 	return nil // an any-join already claimed by its first arrival
 }
 
-// claim marks target ready once and enqueues it.
+// claim marks target ready once and enqueues it, delayed by delay (a run's start).
 func (x *transition) claim(target instance, from string, delay time.Duration) error {
 	key := target.key()
 	won, err := x.tx.PutIfAbsent(claimKey(key), []byte(from))
@@ -155,7 +218,7 @@ func (x *transition) skip(target instance) error {
 	if err != nil || !created {
 		return err
 	}
-	return x.propagate(target, rec, 0)
+	return x.propagate(target, rec)
 }
 
 func (x *transition) enqueue(kind backend.JobKind, inst, from string, delay time.Duration) {
@@ -330,7 +393,7 @@ func (x *transition) rerun(node string) error {
 	}
 	for _, d := range desc {
 		n := x.wf.Nodes[d]
-		keys := []string{completionKey(d), claimKey(d), waitingKey(d), resumeKey(d)}
+		keys := []string{completionKey(d), claimKey(d), waitingKey(d), resumeKey(d), wakeKey(d)}
 		for _, p := range append(append([]string(nil), n.Preds...), n.LoopPreds...) {
 			if inD[p] {
 				keys = append(keys, arrivalKey(d, p))
@@ -338,6 +401,11 @@ func (x *transition) rerun(node string) error {
 		}
 		if err := x.tx.Delete(keys...); err != nil {
 			return err
+		}
+		if n.Kind == KindSubflow { // the next child is a new run
+			if _, err := x.tx.Incr(childGenKey(d), 1); err != nil {
+				return err
+			}
 		}
 	}
 	if err := x.tx.Put(claimKey(node), claimed[0]); err != nil {

@@ -67,7 +67,7 @@ func outputOf(data []byte) ([]byte, bool, error) {
 func (h *job) input(t *Task) ([]byte, error) {
 	switch {
 	case h.node.Input != nil:
-		return h.node.Input(t)
+		return protect(func() ([]byte, error) { return h.node.Input(t) })
 	case t.arrived != nil:
 		return t.arrived, nil
 	case len(h.node.Sources) == 1:
@@ -95,6 +95,10 @@ func (h *job) exec(ctx context.Context) error {
 		extra = completionKey(instance{node: h.in.node, scope: h.in.scope, item: -1}.key())
 	case h.node.Kind == KindBatchGather:
 		extra = completionKey(h.in.at(h.wf.Nodes[h.node.Scatter]).key())
+	case h.node.Kind == KindSleep:
+		extra = wakeKey(h.in.key())
+	case h.node.Kind == KindSubflow:
+		extra = childGenKey(h.in.key())
 	}
 	var extras []string
 	if extra != "" {
@@ -119,9 +123,9 @@ func (h *job) exec(ctx context.Context) error {
 		if err != nil {
 			return h.failed(ctx, err)
 		}
-		return h.complete(ctx, t, out, 0)
+		return h.complete(ctx, t, out)
 	case node.Kind == KindLoop:
-		cont, err := node.LoopCond(t, t.arrived, h.in.iteration())
+		cont, err := protect(func() (bool, error) { return node.LoopCond(t, t.arrived, h.in.iteration()) })
 		if err != nil {
 			return h.failed(ctx, Permanent(err))
 		}
@@ -129,19 +133,15 @@ func (h *job) exec(ctx context.Context) error {
 		if cont {
 			action = ActionContinue
 		}
-		return h.complete(ctx, t, Output{Data: t.arrived, Action: action}, 0)
+		return h.complete(ctx, t, Output{Data: t.arrived, Action: action})
 	case node.Kind == KindSleep:
-		data, err := h.input(t)
-		if err != nil {
-			return h.failed(ctx, Permanent(err))
-		}
-		return h.complete(ctx, t, Output{Data: data}, node.Sleep)
+		return h.sleep(ctx, t, vals[extra])
 	case node.Kind == KindWait:
 		return h.update(ctx, func(x *transition) error {
 			return x.tx.Put(waitingKey(node.ID), []byte(h.in.key()))
 		})
 	case node.Kind == KindSubflow:
-		return h.startChild(ctx, run, t)
+		return h.startChild(ctx, run, t, vals[extra])
 	case node.Kind == KindBatchScatter:
 		return h.scatter(ctx, t)
 	case node.Kind == KindBatchGather:
@@ -166,14 +166,14 @@ func (h *job) update(ctx context.Context, fn func(x *transition) error) error {
 }
 
 // complete routes out and records the instance's completion.
-func (h *job) complete(ctx context.Context, t *Task, out Output, delay time.Duration) error {
+func (h *job) complete(ctx context.Context, t *Task, out Output) error {
 	taken, err := route(t, h.node, out)
 	if err != nil {
 		return h.failed(ctx, Permanent(err))
 	}
 	rec := &record{Output: out.Data, Action: out.Action, Taken: taken}
 	return h.update(ctx, func(x *transition) error {
-		_, err := x.complete(h.in, rec, delay)
+		_, err := x.complete(h.in, rec)
 		return err
 	})
 }
@@ -227,10 +227,13 @@ func (h *job) fallback(ctx context.Context, t *Task) error {
 	var f jobFailure
 	_ = json.Unmarshal([]byte(h.d.Job.Err), &f)
 	fb := h.wf.Nodes[h.node.Fallback]
+	if fb == nil { // a spec without the fallback node: its default policy
+		fb = &Node{ID: h.node.Fallback, MaxAttempts: 1}
+	}
 	failure := &Failure{Node: h.node.ID, Attempts: f.Attempts, Err: f.Err}
 	out, err := call(withFailure(ctx, failure), h.node.FallbackExec, t, fb.Timeout)
 	if err == nil {
-		return h.complete(ctx, t, out, 0)
+		return h.complete(ctx, t, out)
 	}
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled) {
 		return h.failed(ctx, err) // acks when the run was cancelled
@@ -251,8 +254,57 @@ func (h *job) fallback(ctx context.Context, t *Task) error {
 	})
 }
 
+// sleep completes a sleep node once its duration has passed since it first ran. Until
+// then its job goes back to the queue, due at the wake-up time, which is stored in the
+// run's state so that redeliveries and restarts keep it.
+func (h *job) sleep(ctx context.Context, t *Task, wake []byte) error {
+	if wake == nil {
+		proposed := []byte(time.Now().Add(h.node.Sleep).Format(time.RFC3339Nano))
+		key := wakeKey(h.in.key())
+		err := h.w.c.b.Update(ctx, h.d.Job.Run, func(tx backend.Tx) error {
+			v, err := tx.Get(key)
+			if err != nil {
+				return err
+			}
+			if wake = v[0]; wake == nil {
+				wake = proposed
+				return tx.Put(key, wake)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	until, err := time.Parse(time.RFC3339Nano, string(wake))
+	if err != nil {
+		return fmt.Errorf("corrupt wake-up time %q: %w", wake, err)
+	}
+	if time.Now().Before(until) {
+		next := h.d.Job
+		next.ID, next.NotBefore = newID(), until
+		h.w.requeue(ctx, h.d, next, h.log)
+		return nil
+	}
+	data, err := h.input(t)
+	if err != nil {
+		return h.failed(ctx, Permanent(err))
+	}
+	return h.complete(ctx, t, Output{Data: data})
+}
+
+// childRunID is the id of the child run that subflow instance inst of run starts. A
+// rerun of the instance bumps its generation gen, so that it starts a new child.
+func childRunID(run, inst string, gen []byte) string {
+	id := run + "/" + inst
+	if len(gen) > 0 && string(gen) != "0" {
+		id += "~" + string(gen)
+	}
+	return id
+}
+
 // startChild starts a subflow's child run; its end comes back as a ChildDone job.
-func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task) error {
+func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task, gen []byte) error {
 	child := h.w.wfs[h.node.Subflow]
 	if child == nil {
 		return h.failed(ctx, Permanent(fmt.Errorf("this worker has no workflow %q for subflow %q", h.node.Subflow, h.node.ID)))
@@ -261,7 +313,7 @@ func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task) error {
 	if err != nil {
 		return h.failed(ctx, Permanent(err))
 	}
-	id := RunID(run.ID + "/" + h.in.key())
+	id := RunID(childRunID(run.ID, h.in.key(), gen))
 	if _, err := h.w.c.start(ctx, child, data, run.ID, h.in.key(), WithRunID(id), WithPriority(run.Priority)); err != nil {
 		return err
 	}
@@ -271,20 +323,21 @@ func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task) error {
 
 // childDone completes a subflow node from its child run's end.
 func (h *job) childDone(ctx context.Context) error {
-	run, t, vals, err := h.load(ctx)
+	gk := childGenKey(h.in.key())
+	run, t, vals, err := h.load(ctx, gk)
 	if err != nil {
 		return err
 	}
 	if h.settled(ctx, run, vals) {
 		return nil
 	}
-	child, _, err := h.w.c.b.Read(ctx, run.ID+"/"+h.in.key())
+	child, _, err := h.w.c.b.Read(ctx, childRunID(run.ID, h.in.key(), vals[gk]))
 	if err != nil {
 		return err
 	}
 	switch child.Status {
 	case backend.Completed:
-		return h.complete(ctx, t, Output{Data: child.Result}, 0)
+		return h.complete(ctx, t, Output{Data: child.Result})
 	case backend.Failed:
 		return h.failed(ctx, Permanent(fmt.Errorf("subflow run %s failed at node %q: %s", child.ID, child.FailedNode, child.Reason)))
 	case backend.Cancelled:
@@ -314,7 +367,7 @@ func (h *job) resume(ctx context.Context) error {
 			return h.failed(ctx, Permanent(err))
 		}
 	}
-	return h.complete(ctx, t, out, 0)
+	return h.complete(ctx, t, out)
 }
 
 // scatter records a batch's items and claims one job per item.
@@ -378,14 +431,16 @@ func (h *job) gather(ctx context.Context, t *Task, scatterRec []byte) error {
 		}
 		items[i] = out
 	}
-	return h.complete(ctx, t, Output{Data: encodeJSONArray(items)}, 0)
+	return h.complete(ctx, t, Output{Data: encodeJSONArray(items)})
 }
 
-// rerun resets the node and its descendants and runs the node again.
+// rerun resets the job's node and its descendants and runs the node again; the run
+// fails when the node cannot be rerun.
 func (h *job) rerun(ctx context.Context) error {
+	node := h.d.Job.Node
 	return h.update(ctx, func(x *transition) error {
-		if err := x.rerun(h.in.node); err != nil {
-			x.fail(h.in.node, "rerun: "+err.Error())
+		if err := x.rerun(node); err != nil {
+			x.fail(node, "rerun: "+err.Error())
 		}
 		return nil
 	})

@@ -89,7 +89,7 @@ func (in instance) at(node *Node) instance {
 func (in instance) successor(from, target *Node) instance {
 	out := instance{node: target.ID, item: -1}
 	switch {
-	case target.Kind == KindLoop && target.ID == from.Loop && from.ID != target.ID:
+	case backEdge(from, target):
 		out.scope = append([]int(nil), in.scope...)
 		out.scope[len(out.scope)-1]++
 	case target.Depth > len(in.scope):
@@ -100,6 +100,15 @@ func (in instance) successor(from, target *Node) instance {
 	return out
 }
 
+// backEdge reports whether an edge from -> target goes back to the controller of from's
+// loop, starting the next iteration.
+func backEdge(from, target *Node) bool {
+	return target.Kind == KindLoop && target.ID == from.Loop && from.ID != target.ID
+}
+
+// leavesLoop reports whether an edge from -> target leaves a loop around from.
+func leavesLoop(from, target *Node) bool { return target.Depth < from.Depth }
+
 // Keys of a run's state.
 func completionKey(inst string) string    { return "n|" + inst }
 func claimKey(inst string) string         { return "c|" + inst }
@@ -108,6 +117,8 @@ func waitingKey(node string) string       { return "w|" + node }
 func resumeKey(inst string) string        { return "r|" + inst }
 func batchSizeKey(scatter string) string  { return "b|" + scatter }
 func batchDoneKey(scatter string) string  { return "bd|" + scatter }
+func wakeKey(inst string) string          { return "z|" + inst }
+func childGenKey(inst string) string      { return "g|" + inst }
 
 // openKey counts the node instances claimed and not yet completed.
 const openKey = "open"

@@ -197,6 +197,13 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 	defer done()
 	j := d.Job
 	log := w.log.With("run", j.Run, "node", j.Node, "job", j.ID)
+	defer func() {
+		// A bug must not take the worker down: the job is delivered again, and
+		// dead-lettered after too many deliveries.
+		if p := recover(); p != nil {
+			w.retryLater(ctx, d, log, fmt.Errorf("panic: %v", p))
+		}
+	}()
 	if j.Workflow == "" { // jobs addressed to a run by another run (ChildDone) name no workflow
 		r, _, err := w.c.b.Read(ctx, j.Run)
 		if err != nil {
@@ -214,6 +221,13 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 		next := j
 		next.NotBefore = time.Now().Add(w.opts.requeueDelay)
 		w.requeue(ctx, d, next, log)
+		return
+	}
+	if j.Kind == backend.Rerun { // names a node given by the user: checked by rerun
+		h := &job{w: w, d: d, wf: wf, log: log}
+		if err := h.rerun(ctx); err != nil {
+			w.retryLater(ctx, d, log, err)
+		}
 		return
 	}
 	in, err := parseInstance(j.Node)
@@ -235,8 +249,6 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 		err = h.resume(ctx)
 	case backend.ChildDone:
 		err = h.childDone(ctx)
-	case backend.Rerun:
-		err = h.rerun(ctx)
 	default:
 		w.deadLetter(ctx, d, log, fmt.Sprintf("unknown job kind %d", j.Kind))
 		return
@@ -329,7 +341,7 @@ func route(t *Task, node *Node, out Output) ([]int, error) {
 			continue
 		}
 		if e.Cond != nil {
-			ok, err := e.Cond(t, out.Data)
+			ok, err := protect(func() (bool, error) { return e.Cond(t, out.Data) })
 			if err != nil {
 				return nil, fmt.Errorf("condition of edge %s -> %s: %w", node.ID, e.Target, err)
 			}
@@ -340,6 +352,17 @@ func route(t *Task, node *Node, out Output) ([]int, error) {
 		taken = append(taken, i)
 	}
 	return taken, nil
+}
+
+// protect runs generated code other than a node function (a condition, an input
+// builder), turning a panic into an error.
+func protect[T any](f func() (T, error)) (v T, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return f()
 }
 
 // encodeJSONArray joins JSON values into an array.

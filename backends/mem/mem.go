@@ -53,7 +53,9 @@ type runState struct {
 	mu   sync.Mutex
 	rec  backend.Run
 	kv   map[string][]byte
-	done chan struct{} // closed when the run reaches a final status
+	// done is closed when the run reaches a final status, and replaced when a rerun
+	// makes it running again. Guarded by mu.
+	done chan struct{}
 }
 
 // New returns an empty in-process backend.
@@ -130,7 +132,7 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 			if b.nextExpiry.IsZero() || e.deadline.Before(b.nextExpiry) {
 				b.nextExpiry = e.deadline
 			}
-			out = append(out, &backend.Delivery{Job: e.job, Deliveries: e.deliveries, Handle: e.seq})
+			out = append(out, &backend.Delivery{Job: e.job, Deliveries: e.deliveries, Handle: leaseHandle{e.seq, e.deliveries}})
 		}
 		if len(out) > 0 || !now.Before(deadline) {
 			b.mu.Unlock()
@@ -177,14 +179,31 @@ func (b *Backend) promote(now time.Time) {
 	}
 }
 
+// leaseHandle is a Delivery's handle: the job and which of its deliveries. A delivery whose
+// lease expired keeps a stale handle that no longer matches once the job is delivered
+// again, so its holder cannot ack, requeue or extend the new holder's lease.
+type leaseHandle struct {
+	seq        uint64
+	deliveries int
+}
+
+// leasedBy returns the entry d still holds the lease of; b.mu is held.
+func (b *Backend) leasedBy(d *backend.Delivery) (*entry, bool) {
+	l, _ := d.Handle.(leaseHandle)
+	e, ok := b.leased[l.seq]
+	if !ok || e.deliveries != l.deliveries {
+		return nil, false
+	}
+	return e, true
+}
+
 // take removes a leased job; it reports false when the lease was lost. b.mu is held.
 func (b *Backend) take(d *backend.Delivery) bool {
-	seq, _ := d.Handle.(uint64)
-	if _, ok := b.leased[seq]; !ok {
-		return false
+	e, ok := b.leasedBy(d)
+	if ok {
+		delete(b.leased, e.seq)
 	}
-	delete(b.leased, seq)
-	return true
+	return ok
 }
 
 // Ack removes delivered jobs.
@@ -213,7 +232,7 @@ func (b *Backend) Extend(_ context.Context, lease time.Duration, ds ...*backend.
 	defer b.mu.Unlock()
 	deadline := time.Now().Add(lease)
 	for _, d := range ds {
-		if e, ok := b.leased[d.Handle.(uint64)]; ok {
+		if e, ok := b.leasedBy(d); ok {
 			e.deadline = deadline
 		}
 	}
@@ -228,6 +247,13 @@ func (b *Backend) DeadLetter(_ context.Context, d *backend.Delivery, reason stri
 		b.dead = append(b.dead, DeadJob{Job: d.Job, Reason: reason})
 	}
 	return nil
+}
+
+// Pending returns how many jobs are queued, delayed or leased.
+func (b *Backend) Pending() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ready.Len() + b.delayed.Len() + len(b.leased)
 }
 
 // DeadLetters returns the jobs moved aside so far.
@@ -292,11 +318,14 @@ func (b *Backend) apply(rs *runState, fn func(backend.Tx) error) error {
 			rs.kv[k] = v
 		}
 	}
-	wasRunning := !rs.rec.Status.Final()
+	wasFinal := rs.rec.Status.Final()
 	t.rec.Updated = time.Now()
 	rs.rec = t.rec
-	if wasRunning && rs.rec.Status.Final() {
+	switch isFinal := rs.rec.Status.Final(); {
+	case !wasFinal && isFinal:
 		close(rs.done)
+	case wasFinal && !isFinal: // a rerun
+		rs.done = make(chan struct{})
 	}
 	if len(t.jobs) > 0 {
 		b.mu.Lock()
@@ -330,15 +359,19 @@ func (b *Backend) WaitRun(ctx context.Context, id string) (*backend.Run, error) 
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-rs.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	for {
+		rs.mu.Lock()
+		rec, done := rs.rec, rs.done
+		rs.mu.Unlock()
+		if rec.Status.Final() {
+			return &rec, nil
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	rec := rs.rec
-	return &rec, nil
 }
 
 // ListRuns lists runs matching f, newest first.

@@ -1,0 +1,139 @@
+// Package nodes holds the node functions of the err_unsupported_signature test case.
+package nodes
+
+import (
+	"context"
+	"github.com/flowgen/flowgen/runtime"
+)
+
+// Order is a customer's order.
+type Order struct {
+	ID     string
+	Amount int
+}
+
+// Validated is a checked order.
+type Validated struct{ Order Order }
+
+// Payment is what charge takes.
+type Payment struct{ Amount int }
+
+// Receipt is what charge returns.
+type Receipt struct{ ID string }
+
+// Stock is an inventory answer.
+type Stock struct{ N int }
+
+// Params are the params of configured.
+type Params struct {
+	Limit int      `json:"limit"`
+	Name  string   `json:"name"`
+	Tags  []string `json:"tags"`
+}
+
+// Validate checks an order.
+//
+//flowgen:node validate
+func Validate(ctx context.Context, in Order) (Validated, error) { return Validated{Order: in}, nil }
+
+// CheckStock looks the order up in the inventory.
+//
+//flowgen:node stock
+func CheckStock(ctx context.Context, in Order) (Stock, error) { return Stock{}, nil }
+
+// Pay turns a validated order into a payment.
+//
+//flowgen:node pay
+func Pay(ctx context.Context, in Validated) (Payment, error) {
+	return Payment{Amount: in.Order.Amount}, nil
+}
+
+// Charge charges a payment.
+//
+//flowgen:node charge
+func Charge(ctx context.Context, in Payment) (Receipt, error) { return Receipt{}, nil }
+
+// Triage routes an order.
+//
+//flowgen:node triage actions=ok,reject
+func Triage(ctx context.Context, in Order) (runtime.Routed[Order], error) {
+	return runtime.Route("ok", in), nil
+}
+
+// Configured takes params.
+//
+//flowgen:node configured
+func Configured(ctx context.Context, in Order, p Params) (Order, error) { return in, nil }
+
+// Source makes an order from nothing.
+//
+//flowgen:node source
+func Source(ctx context.Context) (Order, error) { return Order{}, nil }
+
+// NoContext lacks the context.
+//
+//flowgen:node noContext
+func NoContext(in Order) (Order, error) { return in, nil }
+
+// NoError returns no error.
+//
+//flowgen:node noError
+func NoError(ctx context.Context, in Order) Order { return in }
+
+// TooMany takes too much.
+//
+//flowgen:node tooMany
+func TooMany(ctx context.Context, a, b, c Order) (Order, error) { return a, nil }
+
+// Generic is generic.
+//
+//flowgen:node generic
+func Generic[T any](ctx context.Context, in T) (T, error) { return in, nil }
+
+// JustError has no input and no output.
+//
+//flowgen:node justError
+func JustError(ctx context.Context) error { return nil }
+
+// Variadic takes many orders.
+//
+//flowgen:node variadic
+func Variadic(ctx context.Context, in ...Order) (Order, error) { return Order{}, nil }
+
+// Plain declares actions but is not routed.
+//
+//flowgen:node plain actions=yes,no
+func Plain(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+// Bad options.
+//
+//flowgen:node options colour=red
+func Options(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+//flowgen:node lower
+func lower(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+// Holder has a method.
+type Holder struct{}
+
+// Run is a method.
+//
+//flowgen:node method
+func (Holder) Run(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+// NotAFunc is a type.
+//
+//flowgen:node notAFunc
+type NotAFunc struct{}
+
+// Sleep takes a built-in's name.
+//
+//flowgen:node sleep
+func Sleep(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+// NoKey has no key.
+//
+//flowgen:node
+func NoKey(ctx context.Context, in Order) (Order, error) { return in, nil }
+
+var _ = lower
