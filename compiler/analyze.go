@@ -3,7 +3,9 @@ package compiler
 import (
 	"cmp"
 	"context"
+	"errors"
 	"go/token"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,7 +75,11 @@ func decodeFiles(dir string, files []string, c *collector) []decoded {
 		}
 		data, err := os.ReadFile(path)
 		if err != nil {
-			c.errorf(noPos, "reading blueprint: %v", err)
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			c.errorf(token.Position{Filename: name}, "cannot read blueprint: %v", err)
 			continue
 		}
 		bp, err := DecodeBlueprint(name, data)
@@ -89,7 +95,7 @@ func decodeFiles(dir string, files []string, c *collector) []decoded {
 
 // analyzer holds what every blueprint of one Load shares.
 type analyzer struct {
-	funcs map[string]*nodeFunc
+	funcs *funcSet
 	flows map[string]*flow // by blueprint id
 	stack []string         // ids of the blueprints being analysed, for subflow cycles
 }
@@ -117,7 +123,7 @@ const (
 func (f *flow) ok() bool { return f.clean && len(f.errs) == 0 }
 
 // analyze checks every blueprint and builds the Program; mistakes go to c.
-func analyze(pkg string, bps []decoded, funcs map[string]*nodeFunc, c *collector) *Program {
+func analyze(pkg string, bps []decoded, funcs *funcSet, c *collector) *Program {
 	a := &analyzer{funcs: funcs, flows: make(map[string]*flow)}
 	byGoName := make(map[string]*flow)
 	var flows []*flow

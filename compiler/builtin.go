@@ -126,8 +126,9 @@ func (g *graph) scatter(n *node) {
 		return
 	}
 	pos := g.nodeAt(n, "params", "workerUsesKey")
-	fn := g.a.funcs[v.str]
+	fn := g.a.funcs.byKey[v.str]
 	switch {
+	case fn == nil && g.a.funcs.incomplete:
 	case fn == nil:
 		g.c.errorf(pos, "node %q: worker %q is not the key of a //flowgen:node function", n.id(), v.str)
 	case fn.bad:

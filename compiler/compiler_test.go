@@ -8,6 +8,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -75,4 +76,25 @@ func loadCase(t *testing.T, dir string) (got []byte, wantFile string) {
 		t.Fatal(err)
 	}
 	return append(data, '\n'), "want.ir.json"
+}
+
+// TestLoadMissingFiles: a blueprint that cannot be read is reported at its name, a node
+// package that cannot be loaded by the go command's message, and the nodes whose uses
+// may be in that package are not reported as unknown.
+func TestLoadMissingFiles(t *testing.T) {
+	_, err := Load(context.Background(), Config{
+		Dir:        filepath.Join("testdata", "ok_chain"),
+		Nodes:      []string{"./nope"},
+		Blueprints: []string{"blueprints/order.json", "blueprints/missing.json"},
+	})
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != 2 {
+		t.Fatalf("got %v, want two mistakes", err)
+	}
+	if got, want := list[1].Error(), "blueprints/missing.json: cannot read blueprint: no such file or directory"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := list[0].Error(); !strings.Contains(got, "nope") {
+		t.Errorf("got %q, want the go command's message about ./nope", got)
+	}
 }

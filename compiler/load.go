@@ -35,15 +35,23 @@ type nodeFunc struct {
 	actions []string // declared actions, sorted
 }
 
+// funcSet is the annotated functions of the node packages.
+type funcSet struct {
+	byKey map[string]*nodeFunc
+	// incomplete is set when a node package has errors: a key not found may belong to
+	// one of its functions, so unknown keys are not reported.
+	incomplete bool
+}
+
 // loadMode is what analysis needs from go/packages: the syntax for doc comments and the
 // types for signatures. Dependencies come from export data.
 const loadMode = packages.NeedSyntax | packages.NeedTypes
 
 // loadFuncs loads the packages matching patterns (relative to dir) and returns their
-// annotated functions by key. Mistakes go to c; the error is for a failure to run the go
+// annotated functions. Mistakes go to c; the error is for a failure to run the go
 // command at all.
-func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector) (map[string]*nodeFunc, error) {
-	funcs := make(map[string]*nodeFunc)
+func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector) (*funcSet, error) {
+	funcs := &funcSet{byKey: make(map[string]*nodeFunc)}
 	if len(patterns) == 0 {
 		return funcs, nil
 	}
@@ -55,15 +63,17 @@ func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector)
 	}
 	s := &funcScanner{dir: dir, fset: fset, c: c, byKey: make(map[string][]*nodeFunc)}
 	packages.Visit(pkgs, nil, func(p *packages.Package) {
-		for _, e := range p.Errors {
+		for _, e := range packageErrors(p) {
 			c.errorf(s.rel(parsePos(e.Pos)), "%s", e.Msg)
 		}
 	})
 	for _, p := range pkgs {
 		if p.Types == nil {
+			funcs.incomplete = true
 			continue
 		}
 		s.broken = p.IllTyped || len(p.Errors) > 0
+		funcs.incomplete = funcs.incomplete || s.broken
 		for _, f := range p.Syntax {
 			s.file(p.Types, f)
 		}
@@ -79,9 +89,24 @@ func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector)
 				f.bad = true
 			}
 		}
-		funcs[key] = fs[0]
+		funcs.byKey[key] = fs[0]
 	}
 	return funcs, nil
+}
+
+// packageErrors returns a package's errors; when it has parse or type errors, only
+// those, since the go command's build errors repeat them without positions.
+func packageErrors(p *packages.Package) []packages.Error {
+	var typed []packages.Error
+	for _, e := range p.Errors {
+		if e.Kind == packages.ParseError || e.Kind == packages.TypeError {
+			typed = append(typed, e)
+		}
+	}
+	if len(typed) > 0 {
+		return typed
+	}
+	return p.Errors
 }
 
 // funcScanner finds the annotated functions of a package's files.

@@ -170,10 +170,10 @@ func (g *graph) resolveUses(n *node) {
 		return
 	}
 	n.ir.Kind = KindFunc
-	fn := g.a.funcs[n.bn.Uses]
+	fn := g.a.funcs.byKey[n.bn.Uses]
 	switch {
-	case n.bn.Uses == "":
-		// reported while decoding
+	case n.bn.Uses == "" || fn == nil && g.a.funcs.incomplete:
+		// reported while decoding, or may be in a node package with errors
 	case fn == nil:
 		g.c.errorf(g.nodeAt(n, "uses"), "node %q: unknown uses %q: no //flowgen:node function has this key and it is not a built-in", n.id(), n.bn.Uses)
 	case !fn.bad:

@@ -284,6 +284,49 @@ func TestSubflow(t *testing.T) {
 	})
 }
 
+func TestCancelSubflow(t *testing.T) {
+	t.Parallel()
+	// Cancelling the parent cancels the child run and its node in flight.
+	cancelled := make(chan error, 1)
+	child := newFlow("cancel-child").
+		node("c1", func(ctx context.Context, _ *runtime.Task) (runtime.Output, error) {
+			<-ctx.Done()
+			cancelled <- ctx.Err()
+			return runtime.Output{}, ctx.Err()
+		}).
+		node("c2", from("c1", add(1))).
+		edge("c1", "c2")
+	parent := newFlow("cancel-parent").
+		node("sub", nil, kind(runtime.KindSubflow), func(n *runtime.Node) { n.Subflow = "cancel-child" }).
+		node("after", from("sub", add(1))).
+		edge("sub", "after")
+	cwf, pwf := child.build(), parent.build()
+	c := setup(t, cwf, pwf)
+	ctx := ctxT(t)
+
+	id, err := runtime.Start(ctx, c, pwf, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the child's node to start", func() bool { return child.count("c1") == 1 })
+	if err := c.CancelRun(ctx, id, "stop"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runtime.Await(ctx, c, id); !errors.Is(err, runtime.ErrRunCancelled) {
+		t.Fatalf("Await(parent) = %v, want ErrRunCancelled", err)
+	}
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Errorf("the child's node ended with %v, want context.Canceled", err)
+	}
+	runs, err := c.ListRuns(ctx, "cancelled", 0)
+	if err != nil || len(runs) != 2 {
+		t.Fatalf("cancelled runs = %v, %v; want the parent and its child", runs, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	wantCounts(t, child, map[string]int{"c2": 0})
+	wantCounts(t, parent, map[string]int{"after": 0})
+}
+
 func TestSleep(t *testing.T) {
 	t.Parallel()
 	const nap = 150 * time.Millisecond

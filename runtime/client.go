@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,24 +222,36 @@ func (c *Client) wait(ctx context.Context, id RunID) (*RunInfo, error) {
 	}
 }
 
-// CancelRun cancels a running run: nodes in flight see their ctx cancelled and nothing
-// new starts. Cancelling a final run changes nothing and returns no error.
+// CancelRun cancels a running run and the child runs of its subflows: nodes in flight
+// see their ctx cancelled and nothing new starts. Cancelling a final run changes nothing
+// and returns no error.
 func (c *Client) CancelRun(ctx context.Context, id RunID, reason string) error {
+	var children []byte
 	err := c.b.Update(ctx, string(id), func(tx backend.Tx) error {
 		r := tx.Run()
-		if r.Status == backend.Running {
-			r.Status = backend.Cancelled
-			r.Reason = reason
+		if r.Status != backend.Running {
+			children = nil
+			return nil
 		}
-		return nil
+		r.Status = backend.Cancelled
+		r.Reason = reason
+		v, err := tx.Get(childrenKey)
+		children = v[0]
+		return err
 	})
 	if err != nil {
 		return wrapNotFound(id, err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for w := range c.workers {
 		w.cancelRun(string(id))
+	}
+	c.mu.Unlock()
+	for _, child := range strings.Fields(string(children)) {
+		// A child that does not exist yet checks its parent once created (startChild).
+		if err := c.CancelRun(ctx, RunID(child), reason); err != nil && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("cancel %s: %w", id, err)
+		}
 	}
 	return nil
 }

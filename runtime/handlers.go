@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/flowgen/flowgen/runtime/backend"
@@ -314,8 +316,31 @@ func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task, gen []b
 		return h.failed(ctx, Permanent(err))
 	}
 	id := RunID(childRunID(run.ID, h.in.key(), gen))
-	if _, err := h.w.c.start(ctx, child, data, run.ID, h.in.key(), WithRunID(id), WithPriority(run.Priority)); err != nil {
+	// Record the child in the parent before creating it, so that CancelRun finds it;
+	// a cancellation between the two steps is caught by checking the parent after.
+	parentRunning := false
+	err = h.w.c.b.Update(ctx, run.ID, func(tx backend.Tx) error {
+		if parentRunning = tx.Run().Status == backend.Running; !parentRunning {
+			return nil
+		}
+		v, err := tx.Get(childrenKey)
+		if err != nil || slices.Contains(strings.Fields(string(v[0])), string(id)) {
+			return err
+		}
+		return tx.Put(childrenKey, []byte(string(v[0])+string(id)+"\n"))
+	})
+	if err != nil {
 		return err
+	}
+	if parentRunning {
+		if _, err := h.w.c.start(ctx, child, data, run.ID, h.in.key(), WithRunID(id), WithPriority(run.Priority)); err != nil {
+			return err
+		}
+		if r, _, err := h.w.c.b.Read(ctx, run.ID); err == nil && r.Status == backend.Cancelled {
+			if err := h.w.c.CancelRun(ctx, id, r.Reason); err != nil {
+				return err
+			}
+		}
 	}
 	h.w.ack(ctx, h.d, h.log)
 	return nil

@@ -122,3 +122,6 @@ func childGenKey(inst string) string      { return "g|" + inst }
 
 // openKey counts the node instances claimed and not yet completed.
 const openKey = "open"
+
+// childrenKey lists the child runs started by the run's subflow nodes, one id a line.
+const childrenKey = "children"
