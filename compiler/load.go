@@ -61,6 +61,7 @@ func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector)
 	if err != nil {
 		return nil, fmt.Errorf("loading node packages: %w", err)
 	}
+	reported := len(c.errs)
 	s := &funcScanner{dir: dir, fset: fset, c: c, byKey: make(map[string][]*nodeFunc)}
 	packages.Visit(pkgs, nil, func(p *packages.Package) {
 		for _, e := range packageErrors(p) {
@@ -77,6 +78,10 @@ func loadFuncs(ctx context.Context, dir string, patterns []string, c *collector)
 		for _, f := range p.Syntax {
 			s.file(p.Types, f)
 		}
+	}
+	if funcs.incomplete && len(c.errs) == reported {
+		// Never let an unusable package pass silently.
+		c.errorf(noPos, "the node packages %s have errors", strings.Join(patterns, ", "))
 	}
 	for key, fs := range s.byKey {
 		if len(fs) > 1 {

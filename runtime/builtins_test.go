@@ -87,7 +87,7 @@ func TestLoopBehindUntakenBranch(t *testing.T) {
 		node("route", routed("start", leftOrRight)).
 		node("other", from("route", add(1))).
 		node("join", joinStruct(sum, "exit", "other"))
-	f.wf.Nodes["init"].Exec = f.counted("init", from("route", add(0)))
+	f.wf.Nodes["init"].Exec = f.counted("init", from("route", add(0))) // no longer a start node
 	f.edge("start", "route").
 		edge("route", "init", action("left")).edge("route", "other", action("right")).
 		edge("exit", "join").edge("other", "join")

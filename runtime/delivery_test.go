@@ -375,3 +375,29 @@ func TestExpiredLease(t *testing.T) {
 	}
 	wantCounts(t, f, map[string]int{"a": 1, "c": 1})
 }
+
+func TestExpiredLeaseCountsAsAnAttempt(t *testing.T) {
+	t.Parallel()
+	// b has one attempt and outlives its lease (renewals lost), as if its worker had
+	// died: the redelivery counts as a second attempt, so b is not run again and the
+	// run fails at b.
+	fb := &faultyBackend{Backend: mem.New()}
+	fb.loseExtend.Store(true)
+	c := runtime.New(fb)
+	t.Cleanup(func() { c.Close() })
+	f := newFlow("lease-attempts").
+		node("a", fromRun(add(1))).
+		node("b", func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
+			time.Sleep(150 * time.Millisecond)
+			return from("a", mul(2))(ctx, t)
+		}).
+		node("c", from("b", add(1))).
+		edge("a", "b").edge("b", "c")
+	wf := f.build()
+	startWorker(t, c, []*runtime.Workflow{wf}, runtime.WithLease(50*time.Millisecond))
+
+	_, err := run(t, c, wf, 1)
+	wantRunError(t, err, "b", "lease expired", "2 attempt")
+	time.Sleep(150 * time.Millisecond) // the first execution finishes, and changes nothing
+	wantCounts(t, f, map[string]int{"b": 1, "c": 0})
+}

@@ -34,7 +34,7 @@ func (h *job) load(ctx context.Context, extra ...string) (*backend.Run, *Task, m
 		return nil, nil, nil, err
 	}
 	t := &Task{
-		Run: RunID(run.ID), Node: h.node.ID, Attempt: h.d.Job.Attempt + h.d.Deliveries - 1,
+		Run: RunID(run.ID), Node: h.node.ID, Attempt: h.attempt(),
 		Iteration: h.in.iteration(), Item: h.in.item, input: run.Input,
 		outputs: make(map[string][]byte, len(srcKeys)),
 	}
@@ -79,6 +79,9 @@ func (h *job) input(t *Task) ([]byte, error) {
 	}
 }
 
+// attempt is the job's attempt number; a delivery whose lease expired counts as one.
+func (h *job) attempt() int { return h.d.Job.Attempt + h.d.Deliveries - 1 }
+
 // settled reports whether the job has nothing left to do: its run ended or its
 // instance is complete (a duplicate delivery). It acks such jobs.
 func (h *job) settled(ctx context.Context, run *backend.Run, vals map[string][]byte) bool {
@@ -117,6 +120,11 @@ func (h *job) exec(ctx context.Context) error {
 		return h.fallback(ctx, t)
 	}
 	node := h.node
+	if (node.Kind == KindFunc || h.in.item >= 0) && h.attempt() > max(node.MaxAttempts, 1) {
+		// The leases of earlier deliveries expired: their workers stopped or lost them.
+		// Each counts as an attempt, so a node that kills its worker cannot loop forever.
+		return h.failed(ctx, Permanent(fmt.Errorf("lease expired on %d earlier delivery(ies): the worker running the node stopped or lost it", h.d.Deliveries-1)))
+	}
 	switch {
 	case h.in.item >= 0:
 		return h.execItem(ctx, t, vals[extra])
@@ -198,7 +206,7 @@ func (h *job) failed(ctx context.Context, cause error) error {
 	}
 	ctx = context.WithoutCancel(ctx)
 	j := h.d.Job
-	attempt := j.Attempt + h.d.Deliveries - 1
+	attempt := h.attempt()
 	if !IsPermanent(cause) && attempt < h.node.MaxAttempts && j.Kind == backend.Exec {
 		next := j
 		next.ID, next.Attempt = newID(), attempt+1
@@ -240,7 +248,7 @@ func (h *job) fallback(ctx context.Context, t *Task) error {
 	if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled) {
 		return h.failed(ctx, err) // acks when the run was cancelled
 	}
-	attempt := h.d.Job.Attempt + h.d.Deliveries - 1
+	attempt := h.attempt()
 	if !IsPermanent(err) && attempt < fb.MaxAttempts {
 		next := h.d.Job
 		next.ID, next.Attempt = newID(), attempt+1

@@ -132,8 +132,6 @@ func attempts(max int, delay time.Duration) func(*runtime.Node) {
 
 func timeout(d time.Duration) func(*runtime.Node) { return func(n *runtime.Node) { n.Timeout = d } }
 
-func sources(ids ...string) func(*runtime.Node) { return func(n *runtime.Node) { n.Sources = ids } }
-
 // inLoop puts a node in the body of loop controller ctrl, one loop deep.
 func inLoop(ctrl string) func(*runtime.Node) { return inLoopAt(ctrl, 1) }
 

@@ -3,6 +3,7 @@ package templates
 import (
 	"go/types"
 	"strconv"
+	"strings"
 
 	"github.com/dave/jennifer/jen"
 
@@ -85,6 +86,11 @@ func literal(l *compiler.Literal) jen.Code {
 		}
 		return jen.Qual(runtimePkg, "Ptr").Call(jen.Add(typeCode(l.Ptr.Type.T)).Call(literal(l.Ptr)))
 	case l.Basic != "":
+		// A JSON number in an interface-typed slot is a float64, as encoding/json
+		// decodes it: spell integral values as floats so they do not become ints.
+		if b, ok := l.Type.T.(*types.Basic); ok && b.Kind() == types.Float64 && !strings.ContainsAny(l.Basic, ".eE") {
+			return jen.Id(l.Basic + ".0")
+		}
 		return jen.Id(l.Basic)
 	case l.Fields != nil:
 		d := jen.Dict{}

@@ -50,9 +50,9 @@ type entry struct {
 }
 
 type runState struct {
-	mu   sync.Mutex
-	rec  backend.Run
-	kv   map[string][]byte
+	mu  sync.Mutex
+	rec backend.Run
+	kv  map[string][]byte
 	// done is closed when the run reaches a final status, and replaced when a rerun
 	// makes it running again. Guarded by mu.
 	done chan struct{}

@@ -1,0 +1,4 @@
+package templates
+
+// GoNameForTest exposes goName to the external tests.
+var GoNameForTest = goName
