@@ -19,7 +19,7 @@ generate() {
 	log "go generate ./examples/..."
 	go generate ./examples/...
 	log "flowgen schema -generate schema > schema/blueprint.schema.json"
-	go run ./cmd/flowgen schema -generate schema > schema/blueprint.schema.json.new
+	go run -tags flowgen_nobench ./cmd/flowgen schema -generate schema > schema/blueprint.schema.json.new
 	mv schema/blueprint.schema.json.new schema/blueprint.schema.json
 }
 
