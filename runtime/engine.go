@@ -4,28 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/flowgen/flowgen/runtime/backend"
 )
-
-// record is a node instance's completion: its output and its routing decision, written
-// once. A skipped instance (its branch not taken) has a record with Skipped set.
-type record struct {
-	Output  json.RawMessage `json:"o,omitempty"`
-	Action  string          `json:"a,omitempty"`
-	Taken   []int           `json:"t,omitempty"` // indexes of the edges taken
-	Skipped bool            `json:"s,omitempty"`
-	Items   int             `json:"n,omitempty"` // batch scatter: number of items
-}
-
-func decodeRecord(data []byte) (*record, error) {
-	var r record
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("corrupt completion record: %w", err)
-	}
-	return &r, nil
-}
 
 // transition applies the completion algorithm inside one backend transaction:
 //
@@ -50,11 +33,7 @@ func newTransition(tx backend.Tx, wf *Workflow) *transition {
 // complete records in's completion and propagates it. It reports false when in was
 // already complete.
 func (x *transition) complete(in instance, rec *record) (bool, error) {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return false, err
-	}
-	created, err := x.tx.PutIfAbsent(completionKey(in.key()), data)
+	created, err := x.tx.PutIfAbsent(completionKey(in.key()), rec.encode())
 	if err != nil || !created {
 		return false, err
 	}
@@ -115,12 +94,8 @@ func (x *transition) propagate(in instance, rec *record) error {
 // the key of in as seen from target (its loop iterations dropped), unless an earlier
 // iteration already left the loop that way.
 func (x *transition) recordExit(in instance, target *Node, rec *record) error {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
 	outside := instance{node: in.node, scope: in.scope[:target.Depth], item: -1}
-	_, err = x.tx.PutIfAbsent(completionKey(outside.key()), data)
+	_, err := x.tx.PutIfAbsent(completionKey(outside.key()), rec.encode())
 	return err
 }
 
@@ -161,27 +136,33 @@ func (x *transition) arrive(target, from instance, taken bool) error {
 		return err
 	}
 	node := x.wf.Nodes[target.node]
-	preds := node.Preds
-	if node.Kind == KindLoop && target.iteration() > 0 {
-		preds = node.LoopPreds
-	}
+	preds := arrivalPreds(node, target)
 	if taken && (node.Join == JoinAny || node.Kind == KindLoop) {
 		return x.claim(target, from.key(), 0)
 	}
-	keys := make([]string, len(preds))
-	for i, p := range preds {
-		keys[i] = arrivalKey(target.key(), p)
-	}
-	marks, err := x.tx.Get(keys...)
-	if err != nil {
-		return err
-	}
-	anyTaken := false
-	for _, m := range marks {
-		if m == nil {
+	// Readiness is counted rather than re-read, so an arrival costs the same at a join
+	// of 64 predecessors as at one of 2: the arrival set's marks are unique per
+	// predecessor, and two counters follow them.
+	anyTaken := taken
+	if len(preds) > 1 {
+		key := target.key()
+		arrived, err := x.tx.Incr(arrivedKey(key), 1)
+		if err != nil {
+			return err
+		}
+		if taken {
+			if _, err := x.tx.Incr(takenKey(key), 1); err != nil {
+				return err
+			}
+		}
+		if arrived < int64(len(preds)) {
 			return nil // still waiting for a predecessor
 		}
-		anyTaken = anyTaken || m[0] == '1'
+		n, err := x.tx.Incr(takenKey(key), 0)
+		if err != nil {
+			return err
+		}
+		anyTaken = n > 0
 	}
 	if !anyTaken {
 		return x.skip(target)
@@ -190,6 +171,15 @@ func (x *transition) arrive(target, from instance, taken bool) error {
 		return x.claim(target, "", 0)
 	}
 	return nil // an any-join already claimed by its first arrival
+}
+
+// arrivalPreds are the predecessors whose arrivals decide target: for a loop
+// controller after its first iteration, the back edges.
+func arrivalPreds(node *Node, target instance) []string {
+	if node.Kind == KindLoop && target.iteration() > 0 {
+		return node.LoopPreds
+	}
+	return node.Preds
 }
 
 // claim marks target ready once and enqueues it, delayed by delay (a run's start).
@@ -213,8 +203,7 @@ func (x *transition) claim(target instance, from string, delay time.Duration) er
 // skip records that target can never run and propagates the skip.
 func (x *transition) skip(target instance) error {
 	rec := &record{Skipped: true}
-	data, _ := json.Marshal(rec)
-	created, err := x.tx.PutIfAbsent(completionKey(target.key()), data)
+	created, err := x.tx.PutIfAbsent(completionKey(target.key()), rec.encode())
 	if err != nil || !created {
 		return err
 	}
@@ -306,10 +295,7 @@ func (x *transition) notifyParent() {
 // scatter completes a batch scatter: it records the batch and claims one job per item,
 // or the gather at once for an empty batch.
 func (x *transition) scatter(in instance, batch []byte, n int) error {
-	data, err := json.Marshal(&record{Output: batch, Items: n})
-	if err != nil {
-		return err
-	}
+	data := (&record{Output: batch, Items: n}).encode()
 	created, err := x.tx.PutIfAbsent(completionKey(in.key()), data)
 	if err != nil || !created {
 		return err
@@ -335,10 +321,7 @@ func (x *transition) scatter(in instance, batch []byte, n int) error {
 
 // itemDone records a batch item's output; the last item claims the gather.
 func (x *transition) itemDone(item instance, out []byte) error {
-	data, err := json.Marshal(&record{Output: out})
-	if err != nil {
-		return err
-	}
+	data := (&record{Output: out}).encode()
 	created, err := x.tx.PutIfAbsent(completionKey(item.key()), data)
 	if err != nil || !created {
 		return err
@@ -402,6 +385,9 @@ func (x *transition) rerun(node string) error {
 		if err := x.tx.Delete(keys...); err != nil {
 			return err
 		}
+		if err := x.recount(d); err != nil {
+			return err
+		}
 		if n.Kind == KindSubflow { // the next child is a new run
 			if _, err := x.tx.Incr(childGenKey(d), 1); err != nil {
 				return err
@@ -419,6 +405,32 @@ func (x *transition) rerun(node string) error {
 		return err
 	}
 	return x.finishIfIdle()
+}
+
+// recount sets the arrival counters of a top-level node from its arrival marks.
+func (x *transition) recount(node string) error {
+	preds := x.wf.Nodes[node].Preds
+	keys := make([]string, len(preds))
+	for i, p := range preds {
+		keys[i] = arrivalKey(node, p)
+	}
+	marks, err := x.tx.Get(keys...)
+	if err != nil {
+		return err
+	}
+	arrived, taken := 0, 0
+	for _, m := range marks {
+		if m != nil {
+			arrived++
+			if m[0] == '1' {
+				taken++
+			}
+		}
+	}
+	if err := x.tx.Put(arrivedKey(node), []byte(strconv.Itoa(arrived))); err != nil {
+		return err
+	}
+	return x.tx.Put(takenKey(node), []byte(strconv.Itoa(taken)))
 }
 
 // requeueOpen enqueues every top-level node instance that is claimed and not complete,

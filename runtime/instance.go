@@ -113,12 +113,16 @@ func leavesLoop(from, target *Node) bool { return target.Depth < from.Depth }
 func completionKey(inst string) string    { return "n|" + inst }
 func claimKey(inst string) string         { return "c|" + inst }
 func arrivalKey(inst, pred string) string { return "a|" + inst + "|" + pred }
-func waitingKey(node string) string       { return "w|" + node }
-func resumeKey(inst string) string        { return "r|" + inst }
-func batchSizeKey(scatter string) string  { return "b|" + scatter }
-func batchDoneKey(scatter string) string  { return "bd|" + scatter }
-func wakeKey(inst string) string          { return "z|" + inst }
-func childGenKey(inst string) string      { return "g|" + inst }
+
+// arrivedKey and takenKey count the marks in inst's arrival set, and those marked taken.
+func arrivedKey(inst string) string      { return "ac|" + inst }
+func takenKey(inst string) string        { return "at|" + inst }
+func waitingKey(node string) string      { return "w|" + node }
+func resumeKey(inst string) string       { return "r|" + inst }
+func batchSizeKey(scatter string) string { return "b|" + scatter }
+func batchDoneKey(scatter string) string { return "bd|" + scatter }
+func wakeKey(inst string) string         { return "z|" + inst }
+func childGenKey(inst string) string     { return "g|" + inst }
 
 // openKey counts the node instances claimed and not yet completed.
 const openKey = "open"

@@ -189,14 +189,14 @@ type job struct {
 	wf   *Workflow
 	node *Node
 	in   instance
-	log  *slog.Logger
+	log  jobLogger
 }
 
 func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 	ctx, done := w.track(ctx, d)
 	defer done()
 	j := d.Job
-	log := w.log.With("run", j.Run, "node", j.Node, "job", j.ID)
+	log := jobLogger{l: w.log, job: &d.Job}
 	defer func() {
 		// A bug must not take the worker down: the job is delivered again, and
 		// dead-lettered after too many deliveries.
@@ -260,7 +260,7 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 
 // retryLater leaves a job whose handling failed for another delivery, dead-lettering it
 // after too many.
-func (w *Worker) retryLater(ctx context.Context, d *backend.Delivery, log *slog.Logger, err error) {
+func (w *Worker) retryLater(ctx context.Context, d *backend.Delivery, log jobLogger, err error) {
 	if errors.Is(err, backend.ErrNotFound) {
 		log.Warn("flowgen: job for a run that does not exist; dropped")
 		w.ack(ctx, d, log)
@@ -273,19 +273,19 @@ func (w *Worker) retryLater(ctx context.Context, d *backend.Delivery, log *slog.
 	log.Error("flowgen: job failed; it will be delivered again when its lease expires", "err", err, "deliveries", d.Deliveries)
 }
 
-func (w *Worker) ack(ctx context.Context, d *backend.Delivery, log *slog.Logger) {
+func (w *Worker) ack(ctx context.Context, d *backend.Delivery, log jobLogger) {
 	if err := w.c.b.Ack(ctx, d); err != nil {
 		log.Warn("flowgen: ack failed; the job will be delivered again", "err", err)
 	}
 }
 
-func (w *Worker) requeue(ctx context.Context, d *backend.Delivery, next backend.Job, log *slog.Logger) {
+func (w *Worker) requeue(ctx context.Context, d *backend.Delivery, next backend.Job, log jobLogger) {
 	if err := w.c.b.Requeue(ctx, d, next); err != nil {
 		log.Warn("flowgen: requeue failed; the job will be delivered again when its lease expires", "err", err)
 	}
 }
 
-func (w *Worker) deadLetter(ctx context.Context, d *backend.Delivery, log *slog.Logger, reason string) {
+func (w *Worker) deadLetter(ctx context.Context, d *backend.Delivery, log jobLogger, reason string) {
 	log.Error("flowgen: job moved to the dead-letter queue", "reason", reason, "deliveries", d.Deliveries)
 	if err := w.c.b.DeadLetter(ctx, d, reason); err != nil {
 		log.Warn("flowgen: dead-lettering failed", "err", err)
@@ -394,3 +394,18 @@ func splitJSONArray(data []byte) ([][]byte, error) {
 	}
 	return items, nil
 }
+
+// jobLogger logs lines about one job: the run, node and job id are added when a line
+// is written, so handling a job costs nothing for logging until something is logged.
+type jobLogger struct {
+	l   *slog.Logger
+	job *backend.Job
+}
+
+func (jl jobLogger) attrs(args []any) []any {
+	return append([]any{"run", jl.job.Run, "node", jl.job.Node, "job", jl.job.ID}, args...)
+}
+
+func (jl jobLogger) Info(msg string, args ...any)  { jl.l.Info(msg, jl.attrs(args)...) }
+func (jl jobLogger) Warn(msg string, args ...any)  { jl.l.Warn(msg, jl.attrs(args)...) }
+func (jl jobLogger) Error(msg string, args ...any) { jl.l.Error(msg, jl.attrs(args)...) }
