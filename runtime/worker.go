@@ -68,32 +68,47 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer func() { <-hbDone }()
 	defer wg.Wait()
 
+	// A fixed pool of executors, so goroutine stacks grow once, not once per job. The
+	// fetcher holds one token per idle executor and dequeues as many jobs as it holds.
 	n := w.opts.concurrency
-	slots := make(chan struct{}, n)
+	jobs := make(chan *backend.Delivery)
+	idle := make(chan struct{}, n)
+	for range n {
+		idle <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range jobs {
+				w.handle(execCtx, d)
+				idle <- struct{}{}
+			}
+		}()
+	}
+	defer close(jobs)
 	for {
 		select {
-		case slots <- struct{}{}:
+		case <-idle:
 		case <-ctx.Done():
 			return nil
 		}
 		free := 1
+	more:
 		for free < n {
 			select {
-			case slots <- struct{}{}:
+			case <-idle:
 				free++
-				continue
 			default:
+				break more
 			}
-			break
 		}
 		ds, err := w.c.b.Dequeue(ctx, free, w.opts.lease, w.opts.poll)
-		for i := len(ds); i < free; i++ {
-			<-slots
+		for range free - len(ds) {
+			idle <- struct{}{}
+		}
+		for _, d := range ds {
+			jobs <- d
 		}
 		if err != nil {
-			for range ds {
-				<-slots
-			}
 			if ctx.Err() != nil || errors.Is(err, backend.ErrClosed) {
 				return nil
 			}
@@ -103,14 +118,6 @@ func (w *Worker) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			}
-			continue
-		}
-		for _, d := range ds {
-			wg.Add(1)
-			go func() {
-				defer func() { <-slots; wg.Done() }()
-				w.handle(execCtx, d)
-			}()
 		}
 	}
 }

@@ -270,7 +270,7 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 		b.runsMu.Unlock()
 		return false, nil
 	}
-	rs := &runState{rec: *r, kv: map[string][]byte{}, done: make(chan struct{})}
+	rs := &runState{rec: *r, kv: make(map[string][]byte, 16), done: make(chan struct{})}
 	rs.mu.Lock()
 	b.runs[r.ID] = rs
 	b.runsMu.Unlock()
@@ -307,16 +307,10 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 
 // apply runs fn on a buffered transaction and commits it; rs.mu is held.
 func (b *Backend) apply(rs *runState, fn func(backend.Tx) error) error {
-	t := &tx{rs: rs, rec: rs.rec, writes: map[string][]byte{}}
+	t := &tx{rs: rs, rec: rs.rec}
 	if err := fn(t); err != nil {
+		t.rollback()
 		return err
-	}
-	for k, v := range t.writes {
-		if v == nil {
-			delete(rs.kv, k)
-		} else {
-			rs.kv[k] = v
-		}
 	}
 	wasFinal := rs.rec.Status.Final()
 	t.rec.Updated = time.Now()
@@ -408,61 +402,86 @@ func (b *Backend) ListRuns(_ context.Context, f backend.RunFilter) ([]*backend.R
 	return out, nil
 }
 
-// tx buffers one transition's writes; a nil value in writes is a delete.
+// tx writes through to the run's map and keeps an undo log, so a transition that
+// fails is rolled back and one that succeeds costs no copy.
 type tx struct {
-	rs     *runState
-	rec    backend.Run
-	writes map[string][]byte
-	jobs   []backend.Job
+	rs   *runState
+	rec  backend.Run
+	undo []undo
+	jobs []backend.Job
+}
+
+// undo is a key's value before the transaction changed it.
+type undo struct {
+	key string
+	old []byte
+	had bool
 }
 
 func (t *tx) Run() *backend.Run { return &t.rec }
 
-func (t *tx) get(k string) []byte {
-	if v, ok := t.writes[k]; ok {
-		return v
+// set stores v under k (nil deletes), remembering the old value.
+func (t *tx) set(k string, v []byte) {
+	old, had := t.rs.kv[k]
+	t.undo = append(t.undo, undo{key: k, old: old, had: had})
+	if v == nil {
+		delete(t.rs.kv, k)
+	} else {
+		t.rs.kv[k] = v
 	}
-	return t.rs.kv[k]
+}
+
+func (t *tx) rollback() {
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		u := t.undo[i]
+		if u.had {
+			t.rs.kv[u.key] = u.old
+		} else {
+			delete(t.rs.kv, u.key)
+		}
+	}
 }
 
 func (t *tx) Get(keys ...string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	for i, k := range keys {
-		out[i] = t.get(k)
+		out[i] = t.rs.kv[k]
 	}
 	return out, nil
 }
 
 func (t *tx) PutIfAbsent(key string, val []byte) (bool, error) {
-	if t.get(key) != nil {
+	if _, ok := t.rs.kv[key]; ok {
 		return false, nil
 	}
-	t.writes[key] = nonNil(val)
+	t.set(key, nonNil(val))
 	return true, nil
 }
 
 func (t *tx) Put(key string, val []byte) error {
-	t.writes[key] = nonNil(val)
+	t.set(key, nonNil(val))
 	return nil
 }
 
 func (t *tx) Delete(keys ...string) error {
 	for _, k := range keys {
-		t.writes[k] = nil
+		t.set(k, nil)
 	}
 	return nil
 }
 
 func (t *tx) Incr(key string, delta int64) (int64, error) {
 	var n int64
-	if v := t.get(key); v != nil {
+	if v := t.rs.kv[key]; v != nil {
 		var err error
 		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
 			return 0, err
 		}
 	}
-	n += delta
-	t.writes[key] = strconv.AppendInt(nil, n, 10)
+	if delta != 0 {
+		n += delta
+		t.set(key, strconv.AppendInt(nil, n, 10))
+	}
 	return n, nil
 }
 
