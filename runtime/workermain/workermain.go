@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	_ "github.com/flowgen/flowgen/backends/all" // every backend, for -backend
 	"github.com/flowgen/flowgen/runtime"
 )
 

@@ -1,0 +1,7 @@
+// Package all registers every backend flowgen ships, for programs that choose the
+// backend by URL at run time, such as the generated worker binaries.
+package all
+
+import (
+	_ "github.com/flowgen/flowgen/backends/mem" // mem://
+)
