@@ -142,12 +142,19 @@ func (g *graph) sorted() []*node {
 	return s
 }
 
+// reservedIDChars may not appear in node ids: run state keys node instances as
+// "node@iteration#item" and separate key parts with "|".
+const reservedIDChars = "@#|"
+
 // setupNodes creates the nodes, resolves their uses and reads their config.
 func (g *graph) setupNodes() {
 	for i := range g.bp.Nodes {
 		bn := &g.bp.Nodes[i]
 		if bn.ID == "" {
 			continue // reported while decoding
+		}
+		if strings.ContainsAny(bn.ID, reservedIDChars) {
+			g.c.errorf(g.bp.Pos("nodes", i, "id"), "node id %q contains one of %q, which name loop iterations and batch items in run state", bn.ID, reservedIDChars)
 		}
 		if prev := g.byID[bn.ID]; prev != nil {
 			p := g.nodePos(prev)
