@@ -75,10 +75,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "shape\tbackend\tworkers\tinflight\truns\truns/s\tnode execs/s\tp50 ms\tp99 ms\t\n")
+	fmt.Fprintf(tw, "shape\tbackend\tworkers\tinflight\truns\truns/s\tnode execs/s\tp50 ms\tp99 ms\tper node\t\n")
 	for _, r := range results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t\n",
-			r.Shape, r.Backend, r.Workers, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f\t%.2f\t%.2f\t%s\t\n",
+			r.Shape, r.Backend, r.Workers, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms, strings.TrimSpace(r.CountersText()))
 	}
 	return tw.Flush()
 }

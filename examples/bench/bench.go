@@ -5,9 +5,11 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/flowgen/flowgen/examples/bench/nodes"
 	"github.com/flowgen/flowgen/examples/generated/benchflow"
 	"github.com/flowgen/flowgen/runtime"
+	"github.com/flowgen/flowgen/runtime/backend"
 )
 
 // Shape is one benchmark workflow with its expected result.
@@ -65,6 +68,26 @@ type Result struct {
 	NodeExecsPerS float64 `json:"node_execs_per_s"`
 	P50ms         float64 `json:"p50_ms"`
 	P99ms         float64 `json:"p99_ms"`
+	// PerNode holds the backend's counters (backend.Metered) per node execution,
+	// keyed "<counter>_per_node", e.g. "redis_cmds_per_node".
+	PerNode map[string]float64 `json:"-"`
+}
+
+// MarshalJSON flattens PerNode into the object, as `flowgen bench -json` prints it.
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	data, err := json.Marshal(plain(r))
+	if err != nil || len(r.PerNode) == 0 {
+		return data, err
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	for k, v := range r.PerNode {
+		m[k] = v
+	}
+	return json.Marshal(m)
 }
 
 // Measure starts runs of shape on c, keeping inflight of them running at once, and
@@ -74,6 +97,14 @@ type Result struct {
 func Measure(ctx context.Context, c *runtime.Client, shape Shape, runs, inflight int, counted bool) (Result, error) {
 	res := Result{Shape: shape.Name, InFlight: inflight, Runs: runs}
 	latencies := make([]time.Duration, runs)
+	metered, _ := c.Backend().(backend.Metered)
+	var countersBefore map[string]float64
+	if metered != nil {
+		var err error
+		if countersBefore, err = metered.Counters(ctx); err != nil {
+			return res, err
+		}
+	}
 	before := nodes.Executions.Load()
 	var next atomic.Int64
 	var firstErr error
@@ -107,6 +138,16 @@ func Measure(ctx context.Context, c *runtime.Client, shape Shape, runs, inflight
 	if got, want := nodes.Executions.Load()-before, int64(runs*shape.Nodes); counted && got != want {
 		return res, fmt.Errorf("%s: %d node executions for %d runs, want exactly %d", shape.Name, got, runs, want)
 	}
+	if metered != nil {
+		after, err := metered.Counters(ctx)
+		if err != nil {
+			return res, err
+		}
+		res.PerNode = map[string]float64{}
+		for k, v := range after {
+			res.PerNode[k+"_per_node"] = (v - countersBefore[k]) / float64(runs*shape.Nodes)
+		}
+	}
 	slices.Sort(latencies)
 	res.RunsPerS = float64(runs) / elapsed.Seconds()
 	res.NodeExecsPerS = res.RunsPerS * float64(shape.Nodes)
@@ -128,6 +169,21 @@ func one(ctx context.Context, c *runtime.Client, shape Shape, seed int) error {
 		return fmt.Errorf("%s run %s with seed %d: result %d, want %d", shape.Name, id, seed, got, want)
 	}
 	return nil
+}
+
+// CountersText formats the per-node counters, e.g. "  redis_cmds_per_node 4.1".
+func (r Result) CountersText() string {
+	m := r.PerNode
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %s %.1f", k, m[k])
+	}
+	return b.String()
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -172,8 +228,8 @@ func RunInProcess(ctx context.Context, cfg Config, progress io.Writer) ([]Result
 				return nil, err
 			}
 			r.Backend, r.Workers = cfg.Backend, 1
-			fmt.Fprintf(progress, "%-8s inflight=%-3d runs=%-6d %9.0f runs/s %10.0f node execs/s  p50 %7.2f ms  p99 %7.2f ms\n",
-				r.Shape, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms)
+			fmt.Fprintf(progress, "%-8s inflight=%-3d runs=%-6d %9.0f runs/s %10.0f node execs/s  p50 %7.2f ms  p99 %7.2f ms%s\n",
+				r.Shape, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms, r.CountersText())
 			out = append(out, r)
 		}
 	}

@@ -219,3 +219,10 @@ func Schemes() []string {
 	sort.Strings(s)
 	return s
 }
+
+// Metered is implemented by backends that count the calls they make to their servers,
+// so that `flowgen bench` can report calls per node execution (what sets a user's bill
+// and latency). Counters only grow; names are snake_case, e.g. "redis_cmds".
+type Metered interface {
+	Counters(ctx context.Context) (map[string]float64, error)
+}
