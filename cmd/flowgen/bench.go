@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
+	"os/exec"
 	goruntime "runtime"
 	"strings"
 	"text/tabwriter"
@@ -25,7 +27,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shapes := fs.String("shapes", "chain10,fanout8,diamond,wide64", "comma-separated shapes to run")
 	runs := fs.Int("runs", 2000, "runs per measurement")
 	inflight := fs.String("inflight", "1,64", "comma-separated numbers of runs kept in flight; each is one measurement")
-	workers := fs.Int("workers", 1, "worker processes (1: a worker inside this process)")
+	workers := fs.Int("workers", 1, "worker processes (1: a worker inside this process, whose node executions are counted too)")
+	serve := fs.Bool("serve", false, "run as one benchmark worker process until interrupted (what -workers starts)")
 	concurrency := fs.Int("concurrency", 4*goruntime.GOMAXPROCS(0), "nodes a worker runs at once")
 	asJSON := fs.Bool("json", false, "print one JSON object per measurement instead of the table")
 	fs.Usage = func() {
@@ -37,6 +40,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return nil
 		}
 		return errUsage
+	}
+	if *serve {
+		return bench.Serve(ctx, *backendURL, *concurrency)
 	}
 	cfg := bench.Config{Backend: *backendURL, Runs: *runs, Concurrency: *concurrency}
 	for _, s := range strings.Split(*shapes, ",") {
@@ -54,14 +60,20 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *runs < 1 {
 		return errors.New("-runs must be at least 1")
 	}
-	if *workers != 1 {
-		if u, err := url.Parse(*backendURL); err == nil && u.Scheme == "mem" {
-			return errors.New("-workers: mem:// lives inside one process, so it has exactly 1 worker; use a shared backend for worker processes")
-		}
-		return fmt.Errorf("-workers %d: worker processes are not available for backend %s yet", *workers, *backendURL)
+	switch u, err := url.Parse(*backendURL); {
+	case err != nil:
+		return fmt.Errorf("-backend: %w", err)
+	case *workers < 1:
+		return errors.New("-workers must be at least 1")
+	case *workers > 1 && u.Scheme == "mem":
+		return errors.New("-workers: mem:// lives inside one process, so it has exactly 1 worker; use a shared backend for worker processes")
+	case *workers > 1:
+		cfg.Workers = *workers
 	}
-	progress := stderr
-	results, err := bench.RunInProcess(ctx, cfg, progress)
+	start := func(ctx context.Context, n int) error {
+		return startBenchWorkers(ctx, n, *backendURL, *concurrency, stderr)
+	}
+	results, err := bench.Run(ctx, cfg, start, stderr)
 	if err != nil {
 		return err
 	}
@@ -81,4 +93,22 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			r.Shape, r.Backend, r.Workers, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms, strings.TrimSpace(r.CountersText()))
 	}
 	return tw.Flush()
+}
+
+// startBenchWorkers starts n `flowgen bench -serve` processes on backendURL; they are
+// killed when ctx is done.
+func startBenchWorkers(ctx context.Context, n int, backendURL string, concurrency int, stderr io.Writer) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for range n {
+		cmd := exec.CommandContext(ctx, self, "bench", "-serve", "-backend", backendURL, "-concurrency", fmt.Sprint(concurrency))
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start a bench worker: %w", err)
+		}
+		go func() { _ = cmd.Wait() }()
+	}
+	return nil
 }

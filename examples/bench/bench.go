@@ -195,22 +195,31 @@ type Config struct {
 	Runs        int
 	InFlight    []int // each shape is measured at each of these
 	Concurrency int   // worker concurrency
+	Workers     int   // worker processes; 0 runs one worker inside this process
 }
 
-// RunInProcess measures every shape with a worker in this process, printing a line per
-// measurement to progress.
-func RunInProcess(ctx context.Context, cfg Config, progress io.Writer) ([]Result, error) {
+// Run measures every shape, printing a line per measurement to progress. With
+// cfg.Workers 0 a worker runs inside this process, and every node execution is counted;
+// otherwise startWorkers must start that many worker processes on cfg.Backend (and stop
+// them when ctx is done), and results are still checked, but executions happen elsewhere.
+func Run(ctx context.Context, cfg Config, startWorkers func(ctx context.Context, n int) error, progress io.Writer) ([]Result, error) {
 	c, err := runtime.Open(ctx, cfg.Backend)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	w := runtime.NewWorker(c, runtime.WithConcurrency(cfg.Concurrency))
-	benchflow.Register(w)
 	wctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	defer stop()
+	inProcess := cfg.Workers == 0
+	if inProcess {
+		w := runtime.NewWorker(c, runtime.WithConcurrency(cfg.Concurrency))
+		benchflow.Register(w)
+		done := make(chan error, 1)
+		go func() { done <- w.Run(wctx) }()
+		defer func() { stop(); <-done }()
+	} else if err := startWorkers(wctx, cfg.Workers); err != nil {
+		return nil, err
+	}
 
 	var out []Result
 	for _, name := range cfg.Shapes {
@@ -219,19 +228,32 @@ func RunInProcess(ctx context.Context, cfg Config, progress io.Writer) ([]Result
 			return nil, err
 		}
 		// Warm up: connections, caches, the scheduler.
-		if _, err := Measure(ctx, c, shape, min(cfg.Runs, 200), 8, true); err != nil {
+		if _, err := Measure(ctx, c, shape, min(cfg.Runs, 200), 8, inProcess); err != nil {
 			return nil, err
 		}
 		for _, inflight := range cfg.InFlight {
-			r, err := Measure(ctx, c, shape, cfg.Runs, inflight, true)
+			r, err := Measure(ctx, c, shape, cfg.Runs, inflight, inProcess)
 			if err != nil {
 				return nil, err
 			}
-			r.Backend, r.Workers = cfg.Backend, 1
-			fmt.Fprintf(progress, "%-8s inflight=%-3d runs=%-6d %9.0f runs/s %10.0f node execs/s  p50 %7.2f ms  p99 %7.2f ms%s\n",
-				r.Shape, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms, r.CountersText())
+			r.Backend, r.Workers = cfg.Backend, max(cfg.Workers, 1)
+			fmt.Fprintf(progress, "%-8s workers=%d inflight=%-3d runs=%-6d %9.0f runs/s %10.0f node execs/s  p50 %7.2f ms  p99 %7.2f ms%s\n",
+				r.Shape, r.Workers, r.InFlight, r.Runs, r.RunsPerS, r.NodeExecsPerS, r.P50ms, r.P99ms, r.CountersText())
 			out = append(out, r)
 		}
 	}
 	return out, nil
+}
+
+// Serve runs a benchmark worker on backendURL until ctx is done: what each worker
+// process of `flowgen bench -workers N` runs.
+func Serve(ctx context.Context, backendURL string, concurrency int) error {
+	c, err := runtime.Open(ctx, backendURL)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	w := runtime.NewWorker(c, runtime.WithConcurrency(concurrency))
+	benchflow.Register(w)
+	return w.Run(ctx)
 }

@@ -41,10 +41,10 @@ func BenchmarkShapes(b *testing.B) {
 
 // TestShapes checks every shape's results on mem://, a few runs each.
 func TestShapes(t *testing.T) {
-	res, err := RunInProcess(context.Background(), Config{
+	res, err := Run(context.Background(), Config{
 		Backend: "mem://", Shapes: []string{"chain10", "fanout8", "diamond", "wide64"},
 		Runs: 20, InFlight: []int{1, 8}, Concurrency: 8,
-	}, testWriter{t})
+	}, nil, testWriter{t})
 	if err != nil {
 		t.Fatal(err)
 	}
