@@ -35,11 +35,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprint(stderr, "Usage: flowgen bench [flags]\n\nRuns the benchmark shapes (chain10, fanout8, diamond, wide64), checks every\nresult and that every node ran exactly once, and prints runs/s, node executions/s\nand p50/p99 run latency.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	if *serve {
 		return bench.Serve(ctx, *backendURL, *concurrency)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,13 +14,6 @@ import (
 
 	"github.com/flowgen/flowgen/compiler"
 	"github.com/flowgen/flowgen/templates"
-)
-
-var (
-	// errUsage reports bad flags; the flag package already printed why.
-	errUsage = errors.New("usage")
-	// errReported reports errors already printed to stderr.
-	errReported = errors.New("reported")
 )
 
 // listFlag collects a repeatable, comma-separated flag.
@@ -60,11 +52,8 @@ func genCmd(ctx context.Context, args []string, stdout, stderr io.Writer, write 
 		}
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	if len(nodes) == 0 || *out == "" || fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "flowgen "+name+": -nodes, -out and at least one blueprint are required")
@@ -84,14 +73,7 @@ func genCmd(ctx context.Context, args []string, stdout, stderr io.Writer, write 
 	}
 	prog, err := compiler.Load(ctx, compiler.Config{Nodes: nodes, Blueprints: blueprints, Package: *pkg})
 	if err != nil {
-		var list compiler.ErrorList
-		if errors.As(err, &list) {
-			for _, e := range list {
-				fmt.Fprintln(stderr, e)
-			}
-			return errReported
-		}
-		return err
+		return report(stderr, err)
 	}
 	if !write {
 		if *asJSON {

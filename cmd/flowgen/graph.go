@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,11 +21,8 @@ func graphCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "Usage: flowgen graph [-format mermaid|dot] BLUEPRINT.json\n\nPrints the blueprint's nodes and edges; edges show their action and condition,\nfallbacks are dashed.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() != 1 || (*format != "mermaid" && *format != "dot") {
 		fs.Usage()
@@ -38,14 +34,7 @@ func graphCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	bp, err := compiler.DecodeBlueprint(fs.Arg(0), data)
 	if err != nil {
-		var list compiler.ErrorList
-		if errors.As(err, &list) {
-			for _, e := range list {
-				fmt.Fprintln(stderr, e)
-			}
-			return errReported
-		}
-		return err
+		return report(stderr, err)
 	}
 	if *format == "dot" {
 		_, err = io.WriteString(stdout, dot(bp.Blueprint))

@@ -12,10 +12,14 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+
+	"github.com/flowgen/flowgen/compiler"
 )
 
 const usage = `flowgen compiles workflow blueprints and //flowgen:node Go functions into typed
@@ -74,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case err == nil:
 		return 0
+	case err == errHelpShown:
+		return 0
 	case err == errUsage:
 		return 2
 	case err == errReported:
@@ -82,4 +88,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "flowgen: %v\n", err)
 		return 1
 	}
+}
+
+var (
+	// errHelpShown reports that -h printed a command's usage.
+	errHelpShown = errors.New("help shown")
+	// errUsage reports bad flags or arguments; the usage was printed.
+	errUsage = errors.New("usage")
+	// errReported reports errors already printed to stderr.
+	errReported = errors.New("reported")
+)
+
+// parse parses a command's flags.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelpShown
+		}
+		return errUsage
+	}
+	return nil
+}
+
+// report prints a compiler.ErrorList one positioned error per line; other errors are
+// returned for main to print.
+func report(stderr io.Writer, err error) error {
+	var list compiler.ErrorList
+	if !errors.As(err, &list) {
+		return err
+	}
+	for _, e := range list {
+		fmt.Fprintln(stderr, e)
+	}
+	return errReported
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,11 +17,8 @@ func schemaCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "Usage: flowgen schema [-generate DIR]\n\nPrints the JSON Schema of the blueprint format. Point a blueprint's \"$schema\" at it\nfor editor completion.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
+	if err := parse(fs, args); err != nil {
+		return err
 	}
 	data := schema.File
 	if *generate != "" {
