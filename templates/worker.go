@@ -8,7 +8,7 @@ import (
 // and the worker loop live in runtime/workermain; main only registers the workflows.
 func (g *gen) worker(f *jen.File) {
 	f.PackageComment("Command " + g.p.Package + "-worker executes the workflows of package " + g.p.Package +
-		".\n\nRun it with -h for its flags; -backend (or FLOWGEN_BACKEND) selects the backend.")
+		"; -h lists its flags.")
 	f.ImportName(g.o.PkgPath, g.p.Package)
 	f.Func().Id("main").Params().Block(
 		jen.Qual("os", "Exit").Call(jen.Qual(workermainPkg, "Main").Call(
