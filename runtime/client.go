@@ -16,8 +16,9 @@ import (
 	"github.com/flowgen/flowgen/runtime/backend"
 )
 
-// DefaultBackend is the backend URL Open uses for "".
-const DefaultBackend = "mem://"
+// DefaultBackend is the backend URL Open uses for "": the embedded SQLite backend, on
+// flowgen.db in the working directory, so that runs need no server.
+const DefaultBackend = "sqlite://flowgen.db"
 
 // Client starts and observes runs on a backend. It is safe for concurrent use; share one
 // per process.
@@ -86,10 +87,12 @@ func Start(ctx context.Context, c *Client, wf *Workflow, input any, opts ...Star
 			return "", fmt.Errorf("start %s: encode input: %w", wf.ID, err)
 		}
 	}
-	return c.start(ctx, wf, data, "", "", opts...)
+	id, _, err := c.start(ctx, wf, data, "", "", opts...)
+	return id, err
 }
 
-func (c *Client) start(ctx context.Context, wf *Workflow, input []byte, parent, parentNode string, opts ...StartOption) (RunID, error) {
+// start creates a run; created is false when a run with the id existed.
+func (c *Client) start(ctx context.Context, wf *Workflow, input []byte, parent, parentNode string, opts ...StartOption) (id RunID, created bool, err error) {
 	var o startOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -103,7 +106,7 @@ func (c *Client) start(ctx context.Context, wf *Workflow, input []byte, parent, 
 		Priority: o.priority, Input: input, Metadata: o.metadata,
 		Parent: parent, ParentNode: parentNode, Created: now, Updated: now,
 	}
-	_, err := c.b.CreateRun(ctx, r, func(tx backend.Tx) error {
+	created, err = c.b.CreateRun(ctx, r, func(tx backend.Tx) error {
 		x := newTransition(tx, wf)
 		for _, s := range wf.Start {
 			if err := x.claim(nodeInstance(s), "", o.delay); err != nil {
@@ -113,9 +116,9 @@ func (c *Client) start(ctx context.Context, wf *Workflow, input []byte, parent, 
 		return x.finishIfIdle()
 	})
 	if err != nil {
-		return "", fmt.Errorf("start %s: %w", wf.ID, err)
+		return "", false, fmt.Errorf("start %s: %w", wf.ID, err)
 	}
-	return RunID(o.id), nil
+	return RunID(o.id), created, nil
 }
 
 // RunInfo describes a run.

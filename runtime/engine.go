@@ -397,7 +397,7 @@ func (x *transition) rerun(node string) error {
 	if err := x.tx.Put(claimKey(node), claimed[0]); err != nil {
 		return err
 	}
-	open, err := x.requeueOpen()
+	open, err := x.requeueOpen(false)
 	if err != nil {
 		return err
 	}
@@ -433,30 +433,182 @@ func (x *transition) recount(node string) error {
 	return x.tx.Put(takenKey(node), []byte(strconv.Itoa(taken)))
 }
 
-// requeueOpen enqueues every top-level node instance that is claimed and not complete,
-// and returns how many there are.
-func (x *transition) requeueOpen() (int, error) {
-	ids := make([]string, 0, len(x.wf.Nodes))
-	for id, n := range x.wf.Nodes {
-		if n.Depth == 0 && n.Kind != KindBatchScatter {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	keys := make([]string, 0, 2*len(ids))
-	for _, id := range ids {
-		keys = append(keys, claimKey(id), completionKey(id))
-	}
-	vals, err := x.tx.Get(keys...)
+// requeueOpen enqueues every node instance that is claimed and not complete, and
+// returns how many there are. With skipParked, it leaves out, and does not count, the
+// instances that wait by design: their jobs are not lost.
+func (x *transition) requeueOpen(skipParked bool) (int, error) {
+	open, err := x.openInstances()
 	if err != nil {
 		return 0, err
 	}
-	open := 0
-	for i, id := range ids {
-		if c, done := vals[2*i], vals[2*i+1]; c != nil && done == nil {
-			open++
-			x.enqueue(backend.Exec, id, string(c), 0)
+	n := 0
+	for _, o := range open {
+		if skipParked {
+			if p, err := x.parked(o.key); err != nil || p {
+				if err != nil {
+					return 0, err
+				}
+				continue
+			}
+		}
+		x.enqueue(backend.Exec, o.key, o.from, 0)
+		n++
+	}
+	return n, nil
+}
+
+// parked reports whether open instance inst waits by design: a sleep before its
+// wake-up time (its job is due then) or a wait node waiting to be resumed.
+func (x *transition) parked(inst string) (bool, error) {
+	in, err := parseInstance(inst)
+	if err != nil {
+		return false, err
+	}
+	switch x.wf.Nodes[in.node].Kind {
+	case KindSleep:
+		v, err := x.tx.Get(wakeKey(inst))
+		if err != nil || v[0] == nil {
+			return false, err
+		}
+		wake, err := time.Parse(time.RFC3339Nano, string(v[0]))
+		return err == nil && x.now.Before(wake), nil
+	case KindWait:
+		v, err := x.tx.Get(waitingKey(in.node), resumeKey(inst))
+		return err == nil && string(v[0]) == inst && v[1] == nil, err
+	}
+	return false, nil
+}
+
+// openInstance is a node instance claimed and not complete, and its claim (the
+// instance whose arrival made it ready, for any-joins and loop controllers).
+type openInstance struct{ key, from string }
+
+// openInstances finds the node instances that are claimed and not complete: top-level
+// nodes, then, following the claims recorded for them, the iterations of every loop
+// and the items of every batch. It reads only recorded facts, so it never finds an
+// instance of a branch that was not taken.
+func (x *transition) openInstances() ([]openInstance, error) {
+	maxDepth := 0
+	for _, n := range x.wf.Nodes {
+		maxDepth = max(maxDepth, n.Depth)
+	}
+	atDepth := make([][]*Node, maxDepth+1) // nodes by loop depth, sorted by id
+	for _, n := range x.wf.Nodes {
+		atDepth[n.Depth] = append(atDepth[n.Depth], n)
+	}
+	for _, ns := range atDepth {
+		sort.Slice(ns, func(i, j int) bool { return ns[i].ID < ns[j].ID })
+	}
+	var open []openInstance
+	var scatters []instance // completed scatter instances, whose items to look at
+	scopes := [][]int{nil}  // the loop iterations that exist, outermost first
+	for len(scopes) > 0 {
+		scope := scopes[0]
+		scopes = scopes[1:]
+		var ins []instance
+		for _, n := range atDepth[len(scope)] {
+			ins = append(ins, instance{node: n.ID, scope: scope, item: -1})
+		}
+		found, done, err := x.claimed(ins)
+		if err != nil {
+			return nil, err
+		}
+		open = append(open, found...)
+		for _, in := range done {
+			if x.wf.Nodes[in.node].Kind == KindBatchScatter {
+				scatters = append(scatters, in)
+			}
+		}
+		if len(scope) == maxDepth {
+			continue
+		}
+		for _, n := range atDepth[len(scope)+1] {
+			if n.Kind != KindLoop {
+				continue
+			}
+			next, err := x.iterations(n, scope)
+			if err != nil {
+				return nil, err
+			}
+			scopes = append(scopes, next...)
 		}
 	}
+	for _, sc := range scatters {
+		items, err := x.batchItems(sc)
+		if err != nil {
+			return nil, err
+		}
+		found, _, err := x.claimed(items)
+		if err != nil {
+			return nil, err
+		}
+		open = append(open, found...)
+	}
 	return open, nil
+}
+
+// claimed sorts instances into those claimed and not complete, and those complete.
+func (x *transition) claimed(ins []instance) (open []openInstance, done []instance, err error) {
+	if len(ins) == 0 {
+		return nil, nil, nil
+	}
+	keys := make([]string, 0, 2*len(ins))
+	for _, in := range ins {
+		k := in.key()
+		keys = append(keys, claimKey(k), completionKey(k))
+	}
+	vals, err := x.tx.Get(keys...)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, in := range ins {
+		switch claim, rec := vals[2*i], vals[2*i+1]; {
+		case rec != nil:
+			done = append(done, in)
+		case claim != nil:
+			open = append(open, openInstance{key: in.key(), from: string(claim)})
+		}
+	}
+	return open, done, nil
+}
+
+// iterations returns the scopes of the iterations of loop ctrl that were claimed
+// within scope.
+func (x *transition) iterations(ctrl *Node, scope []int) ([][]int, error) {
+	const probe = 16 // iterations looked up per read
+	var out [][]int
+	for first := 0; ; first += probe {
+		keys := make([]string, probe)
+		for i := range keys {
+			in := instance{node: ctrl.ID, scope: append(append([]int(nil), scope...), first+i), item: -1}
+			keys[i] = claimKey(in.key())
+		}
+		vals, err := x.tx.Get(keys...)
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range vals {
+			if v == nil {
+				return out, nil
+			}
+			out = append(out, append(append([]int(nil), scope...), first+i))
+		}
+	}
+}
+
+// batchItems returns the item instances of a completed batch scatter.
+func (x *transition) batchItems(sc instance) ([]instance, error) {
+	v, err := x.tx.Get(completionKey(sc.key()))
+	if err != nil || v[0] == nil {
+		return nil, err
+	}
+	rec, err := decodeRecord(v[0])
+	if err != nil || rec.Skipped {
+		return nil, err
+	}
+	items := make([]instance, rec.Items)
+	for i := range items {
+		items[i] = instance{node: sc.node, scope: sc.scope, item: i}
+	}
+	return items, nil
 }

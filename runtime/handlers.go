@@ -104,6 +104,8 @@ func (h *job) exec(ctx context.Context) error {
 		extra = wakeKey(h.in.key())
 	case h.node.Kind == KindSubflow:
 		extra = childGenKey(h.in.key())
+	case h.node.Kind == KindWait:
+		extra = resumeKey(h.in.key())
 	}
 	var extras []string
 	if extra != "" {
@@ -147,6 +149,9 @@ func (h *job) exec(ctx context.Context) error {
 	case node.Kind == KindSleep:
 		return h.sleep(ctx, t, vals[extra])
 	case node.Kind == KindWait:
+		if p := vals[extra]; p != nil { // resumed, and its Resume job lost
+			return h.resumeWith(ctx, t, p)
+		}
 		return h.update(ctx, func(x *transition) error {
 			return x.tx.Put(waitingKey(node.ID), []byte(h.in.key()))
 		})
@@ -182,10 +187,21 @@ func (h *job) complete(ctx context.Context, t *Task, out Output) error {
 		return h.failed(ctx, Permanent(err))
 	}
 	rec := &record{Output: out.Data, Action: out.Action, Taken: taken}
-	return h.update(ctx, func(x *transition) error {
+	return h.updateOutput(ctx, len(out.Data), func(x *transition) error {
 		_, err := x.complete(h.in, rec)
 		return err
 	})
+}
+
+// updateOutput is update for a transition that stores an output of size bytes. An
+// output the backend cannot hold fails the node with an error saying so, instead of
+// failing the job again at every delivery until it is dead-lettered.
+func (h *job) updateOutput(ctx context.Context, size int, fn func(x *transition) error) error {
+	err := h.update(ctx, fn)
+	if errors.Is(err, backend.ErrTooLarge) {
+		return h.failed(ctx, Permanent(fmt.Errorf("output of %d bytes cannot be stored: %w", size, err)))
+	}
+	return err
 }
 
 // jobFailure is what a Fallback job carries about the failure it stands in for.
@@ -207,6 +223,16 @@ func (h *job) failed(ctx context.Context, cause error) error {
 	ctx = context.WithoutCancel(ctx)
 	j := h.d.Job
 	attempt := h.attempt()
+	if j.Kind == backend.Fallback {
+		// The fallback's own output could not be routed or stored: running it again
+		// would fail the same way.
+		reason := fmt.Sprintf("fallback %q: %v", h.node.Fallback, cause)
+		h.log.Error("flowgen: fallback failed; failing the run", "err", cause)
+		return h.update(ctx, func(x *transition) error {
+			x.fail(h.node.ID, reason)
+			return nil
+		})
+	}
 	if !IsPermanent(cause) && attempt < h.node.MaxAttempts && j.Kind == backend.Exec {
 		next := j
 		next.ID, next.Attempt = newID(), attempt+1
@@ -341,12 +367,24 @@ func (h *job) startChild(ctx context.Context, run *backend.Run, t *Task, gen []b
 		return err
 	}
 	if parentRunning {
-		if _, err := h.w.c.start(ctx, child, data, run.ID, h.in.key(), WithRunID(id), WithPriority(run.Priority)); err != nil {
+		_, created, err := h.w.c.start(ctx, child, data, run.ID, h.in.key(), WithRunID(id), WithPriority(run.Priority))
+		if err != nil {
 			return err
 		}
 		if r, _, err := h.w.c.b.Read(ctx, run.ID); err == nil && r.Status == backend.Cancelled {
 			if err := h.w.c.CancelRun(ctx, id, r.Reason); err != nil {
 				return err
+			}
+		}
+		if !created {
+			// A redelivery, or the reconciler: the child may have ended already, and
+			// its notification been lost.
+			c, _, err := h.w.c.b.Read(ctx, string(id))
+			if err != nil {
+				return err
+			}
+			if c.Status.Final() {
+				return h.childEnded(ctx, t, c)
 			}
 		}
 	}
@@ -368,6 +406,11 @@ func (h *job) childDone(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return h.childEnded(ctx, t, child)
+}
+
+// childEnded completes the subflow node from its child run, if the child ended.
+func (h *job) childEnded(ctx context.Context, t *Task, child *backend.Run) error {
 	switch child.Status {
 	case backend.Completed:
 		return h.complete(ctx, t, Output{Data: child.Result})
@@ -387,13 +430,23 @@ func (h *job) resume(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if h.settled(ctx, run, vals) || vals[rk] == nil {
+	if h.settled(ctx, run, vals) {
 		return nil
 	}
+	if vals[rk] == nil { // a stale job: the payload went with a rerun
+		h.w.ack(ctx, h.d, h.log)
+		return nil
+	}
+	return h.resumeWith(ctx, t, vals[rk])
+}
+
+// resumeWith completes a wait node with the payload ResumeRun stored.
+func (h *job) resumeWith(ctx context.Context, t *Task, payload []byte) error {
 	var p resumePayload
-	if err := json.Unmarshal(vals[rk], &p); err != nil {
+	if err := json.Unmarshal(payload, &p); err != nil {
 		return fmt.Errorf("corrupt resume payload: %w", err)
 	}
+	var err error
 	out := Output{Data: p.Output, Action: p.Action}
 	if len(out.Data) == 0 {
 		if out.Data, err = h.input(t); err != nil {
@@ -413,7 +466,7 @@ func (h *job) scatter(ctx context.Context, t *Task) error {
 	if err != nil {
 		return h.failed(ctx, Permanent(err))
 	}
-	return h.update(ctx, func(x *transition) error {
+	return h.updateOutput(ctx, len(data), func(x *transition) error {
 		return x.scatter(h.in, data, len(items))
 	})
 }
@@ -433,7 +486,7 @@ func (h *job) execItem(ctx context.Context, t *Task, scatterRec []byte) error {
 	if err != nil {
 		return h.failed(ctx, err)
 	}
-	return h.update(ctx, func(x *transition) error {
+	return h.updateOutput(ctx, len(out.Data), func(x *transition) error {
 		return x.itemDone(h.in, out.Data)
 	})
 }

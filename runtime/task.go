@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 )
@@ -18,6 +19,17 @@ type Task struct {
 	outputs map[string][]byte
 	arrived []byte
 	item    []byte
+}
+
+type taskKey struct{}
+
+// TaskFrom returns the task of the node execution ctx belongs to, or nil outside one.
+// A node function reads its run, node, attempt, iteration and item from it, e.g. to
+// derive an idempotency key for an external effect (run, node, iteration and item stay
+// the same across attempts and redeliveries; Attempt grows with each).
+func TaskFrom(ctx context.Context) *Task {
+	t, _ := ctx.Value(taskKey{}).(*Task)
+	return t
 }
 
 // RunInput is the run's JSON input.

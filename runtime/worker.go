@@ -310,6 +310,7 @@ func backoff(base time.Duration, attempt int) time.Duration {
 
 // call runs f with the node's timeout, turning a panic into an error.
 func call(ctx context.Context, f ExecFunc, t *Task, timeout time.Duration) (out Output, err error) {
+	ctx = context.WithValue(ctx, taskKey{}, t)
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, timeout, fmt.Errorf("timed out after %s", timeout))

@@ -62,6 +62,9 @@ test)
 	need_go
 	verify
 	lint
+	log "starting the servers the backend tests need (scripts/services.sh)"
+	eval "$(bash scripts/services.sh start postgres)"
+	trap 'bash scripts/services.sh stop >&2 || true' EXIT
 	log "go test -race ./..."
 	go test -race -count=1 ./...
 	;;

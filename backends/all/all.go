@@ -3,5 +3,7 @@
 package all
 
 import (
-	_ "github.com/flowgen/flowgen/backends/mem" // mem://
+	_ "github.com/flowgen/flowgen/backends/mem"      // mem://
+	_ "github.com/flowgen/flowgen/backends/postgres" // postgres://, postgresql://
+	_ "github.com/flowgen/flowgen/backends/sqlite"   // sqlite://
 )

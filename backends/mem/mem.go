@@ -6,6 +6,7 @@ package mem
 import (
 	"container/heap"
 	"context"
+	"fmt"
 	"net/url"
 	"sort"
 	"strconv"
@@ -34,7 +35,17 @@ type Backend struct {
 
 	runsMu sync.Mutex
 	runs   map[string]*runState
+
+	maxValue int // 0: no limit
 }
+
+// Option configures New.
+type Option func(*Backend)
+
+// WithMaxValueSize makes the backend refuse, with an error wrapping backend.ErrTooLarge,
+// any value, run input or run result larger than n bytes, as backends with an item size
+// limit do (default: no limit). Tests use it to check how such limits are handled.
+func WithMaxValueSize(n int) Option { return func(b *Backend) { b.maxValue = n } }
 
 // DeadJob is a job moved aside by DeadLetter.
 type DeadJob struct {
@@ -56,15 +67,22 @@ type runState struct {
 	// done is closed when the run reaches a final status, and replaced when a rerun
 	// makes it running again. Guarded by mu.
 	done chan struct{}
+	// gone is set when the run was deleted (or its creation failed) while others may
+	// still hold it. Guarded by mu.
+	gone bool
 }
 
 // New returns an empty in-process backend.
-func New() *Backend {
-	return &Backend{
+func New(opts ...Option) *Backend {
+	b := &Backend{
 		leased: map[uint64]*entry{},
 		runs:   map[string]*runState{},
 		wake:   make(chan struct{}),
 	}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
 }
 
 // Close stops the backend; blocked Dequeue calls return.
@@ -274,13 +292,17 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 	rs.mu.Lock()
 	b.runs[r.ID] = rs
 	b.runsMu.Unlock()
-	defer rs.mu.Unlock()
 	if err := b.apply(rs, init); err != nil {
+		// Never take runsMu while holding a run's lock: ExpireRuns locks in the
+		// other order. Whoever finds the run before it is removed sees it gone.
+		rs.gone = true
+		rs.mu.Unlock()
 		b.runsMu.Lock()
 		delete(b.runs, r.ID)
 		b.runsMu.Unlock()
 		return false, err
 	}
+	rs.mu.Unlock()
 	return true, nil
 }
 
@@ -302,13 +324,23 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	if rs.gone {
+		return backend.ErrNotFound
+	}
 	return b.apply(rs, fn)
 }
 
 // apply runs fn on a buffered transaction and commits it; rs.mu is held.
 func (b *Backend) apply(rs *runState, fn func(backend.Tx) error) error {
-	t := &tx{rs: rs, rec: rs.rec}
-	if err := fn(t); err != nil {
+	t := &tx{rs: rs, rec: rs.rec, max: b.maxValue}
+	err := fn(t)
+	if err == nil && t.max > 0 {
+		err = t.check("run result", t.rec.Result)
+		if err == nil {
+			err = t.check("run input", t.rec.Input)
+		}
+	}
+	if err != nil {
 		t.rollback()
 		return err
 	}
@@ -337,6 +369,9 @@ func (b *Backend) Read(_ context.Context, id string, keys ...string) (*backend.R
 	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	if rs.gone {
+		return nil, nil, backend.ErrNotFound
+	}
 	rec := rs.rec
 	vals := make(map[string][]byte, len(keys))
 	for _, k := range keys {
@@ -355,8 +390,11 @@ func (b *Backend) WaitRun(ctx context.Context, id string) (*backend.Run, error) 
 	}
 	for {
 		rs.mu.Lock()
-		rec, done := rs.rec, rs.done
+		rec, done, gone := rs.rec, rs.done, rs.gone
 		rs.mu.Unlock()
+		if gone {
+			return nil, backend.ErrNotFound
+		}
 		if rec.Status.Final() {
 			return &rec, nil
 		}
@@ -379,9 +417,9 @@ func (b *Backend) ListRuns(_ context.Context, f backend.RunFilter) ([]*backend.R
 	var out []*backend.Run
 	for _, rs := range all {
 		rs.mu.Lock()
-		rec := rs.rec
+		rec, gone := rs.rec, rs.gone
 		rs.mu.Unlock()
-		if (f.Status == "" || rec.Status == f.Status) && (f.Workflow == "" || rec.Workflow == f.Workflow) &&
+		if !gone && (f.Status == "" || rec.Status == f.Status) && (f.Workflow == "" || rec.Workflow == f.Workflow) &&
 			(f.UpdatedBefore.IsZero() || rec.Updated.Before(f.UpdatedBefore)) {
 			out = append(out, &rec)
 		}
@@ -402,6 +440,43 @@ func (b *Backend) ListRuns(_ context.Context, f backend.RunFilter) ([]*backend.R
 	return out, nil
 }
 
+// ExpireRuns deletes the final runs last updated before before, keeping finished
+// children whose parent still runs.
+func (b *Backend) ExpireRuns(_ context.Context, before time.Time) (int, error) {
+	b.runsMu.Lock()
+	defer b.runsMu.Unlock()
+	// Lock order: runsMu, then one run's lock at a time.
+	status := func(rs *runState) (backend.Status, time.Time, string) {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.rec.Status, rs.rec.Updated, rs.rec.Parent
+	}
+	var expired []*runState
+	for _, rs := range b.runs {
+		s, updated, parent := status(rs)
+		if !s.Final() || !updated.Before(before) {
+			continue
+		}
+		if p, ok := b.runs[parent]; ok && parent != "" {
+			if ps, _, _ := status(p); !ps.Final() {
+				continue
+			}
+		}
+		expired = append(expired, rs)
+	}
+	n := 0
+	for _, rs := range expired {
+		rs.mu.Lock()
+		if rs.rec.Status.Final() && rs.rec.Updated.Before(before) { // no rerun since
+			rs.gone = true
+			delete(b.runs, rs.rec.ID)
+			n++
+		}
+		rs.mu.Unlock()
+	}
+	return n, nil
+}
+
 // tx writes through to the run's map and keeps an undo log, so a transition that
 // fails is rolled back and one that succeeds costs no copy.
 type tx struct {
@@ -409,6 +484,15 @@ type tx struct {
 	rec  backend.Run
 	undo []undo
 	jobs []backend.Job
+	max  int // largest value stored; 0: no limit
+}
+
+// check refuses a value over the size limit.
+func (t *tx) check(what string, v []byte) error {
+	if t.max > 0 && len(v) > t.max {
+		return fmt.Errorf("%s of %d bytes exceeds the limit of %d: %w", what, len(v), t.max, backend.ErrTooLarge)
+	}
+	return nil
 }
 
 // undo is a key's value before the transaction changed it.
@@ -454,11 +538,17 @@ func (t *tx) PutIfAbsent(key string, val []byte) (bool, error) {
 	if _, ok := t.rs.kv[key]; ok {
 		return false, nil
 	}
+	if err := t.check("value of "+key, val); err != nil {
+		return false, err
+	}
 	t.set(key, nonNil(val))
 	return true, nil
 }
 
 func (t *tx) Put(key string, val []byte) error {
+	if err := t.check("value of "+key, val); err != nil {
+		return err
+	}
 	t.set(key, nonNil(val))
 	return nil
 }

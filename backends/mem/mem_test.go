@@ -1,4 +1,4 @@
-package mem
+package mem_test
 
 import (
 	"context"
@@ -6,8 +6,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowgen/flowgen/backends/backendtest"
+	"github.com/flowgen/flowgen/backends/mem"
 	"github.com/flowgen/flowgen/runtime/backend"
 )
+
+// TestBackend runs the shared backend suite on mem, with a value size limit so that the
+// suite's oversized-value cases run too.
+func TestBackend(t *testing.T) {
+	const limit = 64 << 10
+	backendtest.Run(t, backendtest.Config{
+		Open: func(t *testing.T) (backend.Backend, string) {
+			b := mem.New(mem.WithMaxValueSize(limit))
+			t.Cleanup(func() { b.Close() })
+			return b, ""
+		},
+		MaxValueSize: limit,
+	})
+}
 
 func job(id string, prio int) backend.Job { return backend.Job{ID: id, Run: "r", Priority: prio} }
 
@@ -21,7 +37,7 @@ func ids(ds []*backend.Delivery) []string {
 
 func TestQueueOrder(t *testing.T) {
 	ctx := context.Background()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	later := job("later", 9)
 	later.NotBefore = time.Now().Add(50 * time.Millisecond)
@@ -46,7 +62,7 @@ func TestQueueOrder(t *testing.T) {
 }
 
 func TestDequeueTimesOut(t *testing.T) {
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	ds, err := b.Dequeue(context.Background(), 1, time.Second, 20*time.Millisecond)
 	if err != nil || len(ds) != 0 {
@@ -60,7 +76,7 @@ func TestDequeueTimesOut(t *testing.T) {
 
 func TestLeaseExpiryAndStaleHandles(t *testing.T) {
 	ctx := context.Background()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	if err := b.Enqueue(ctx, job("j", 0)); err != nil {
 		t.Fatal(err)
@@ -97,7 +113,7 @@ func TestLeaseExpiryAndStaleHandles(t *testing.T) {
 
 func TestExtendKeepsLease(t *testing.T) {
 	ctx := context.Background()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	_ = b.Enqueue(ctx, job("j", 0))
 	ds, _ := b.Dequeue(ctx, 1, 30*time.Millisecond, 0)
@@ -121,7 +137,7 @@ func TestExtendKeepsLease(t *testing.T) {
 
 func TestRunState(t *testing.T) {
 	ctx := context.Background()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	r := &backend.Run{ID: "r1", Workflow: "wf", Status: backend.Running}
 	created, err := b.CreateRun(ctx, r, func(tx backend.Tx) error {
@@ -183,7 +199,7 @@ func TestRunState(t *testing.T) {
 func TestWaitRunAcrossRerun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	_, _ = b.CreateRun(ctx, &backend.Run{ID: "r", Status: backend.Running}, func(backend.Tx) error { return nil })
 	setStatus := func(s backend.Status) {
@@ -214,7 +230,7 @@ func TestWaitRunAcrossRerun(t *testing.T) {
 
 func TestListRuns(t *testing.T) {
 	ctx := context.Background()
-	b := New()
+	b := mem.New()
 	defer b.Close()
 	base := time.Now()
 	for i, s := range []backend.Status{backend.Running, backend.Completed, backend.Completed} {

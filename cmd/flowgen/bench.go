@@ -16,6 +16,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	_ "github.com/flowgen/flowgen/backends/all" // every backend, for -backend
 	"github.com/flowgen/flowgen/examples/bench"
 )
 

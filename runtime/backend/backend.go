@@ -83,6 +83,16 @@ type Waiter interface {
 	WaitRun(ctx context.Context, id string) (*Run, error)
 }
 
+// Expirer is implemented by backends that can delete finished runs, so that a
+// long-lived backend does not grow without bound.
+type Expirer interface {
+	// ExpireRuns deletes every run in a final status that was last updated before
+	// before, with all its state, and returns how many runs it deleted. It never deletes
+	// a running run, nor the finished child run of a subflow whose parent still runs
+	// (the parent reads the child's result when it is notified).
+	ExpireRuns(ctx context.Context, before time.Time) (int, error)
+}
+
 // Status is a run's state.
 type Status string
 
@@ -173,6 +183,12 @@ var ErrClosed = errors.New("backend closed")
 
 // ErrNotFound is returned for a run that does not exist.
 var ErrNotFound = errors.New("run not found")
+
+// ErrTooLarge is wrapped by the error of a transition (or CreateRun) that stores a value,
+// run input or result larger than the backend can hold. Backends that store large values
+// by reference never return it. The runtime fails the node that produced the value,
+// naming it, instead of retrying a write that cannot succeed.
+var ErrTooLarge = errors.New("value too large for the backend")
 
 // Opener opens a backend from its URL.
 type Opener func(ctx context.Context, u *url.URL) (Backend, error)

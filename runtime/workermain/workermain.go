@@ -36,6 +36,7 @@ func run(ctx context.Context, name string, args []string, stderr io.Writer, regi
 	}
 	backendURL := fs.String("backend", def, "backend URL, e.g. mem://, sqlite://flow.db, redis://localhost:6379/0 (env FLOWGEN_BACKEND)")
 	concurrency := fs.Int("concurrency", 8, "nodes executed at once")
+	lease := fs.Duration("lease", 30*time.Second, "how long a job stays leased without a heartbeat; a job of a worker that died is delivered again after it")
 	reconcileEvery := fs.Duration("reconcile-every", 0, "run the reconciler this often (0: never)")
 	stalledAfter := fs.Duration("stalled-after", 5*time.Minute, "a running run without progress for this long is stalled")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -62,7 +63,7 @@ func run(ctx context.Context, name string, args []string, stderr io.Writer, regi
 		return 1
 	}
 	defer c.Close()
-	w := runtime.NewWorker(c, runtime.WithConcurrency(*concurrency), runtime.WithLogger(log))
+	w := runtime.NewWorker(c, runtime.WithConcurrency(*concurrency), runtime.WithLease(*lease), runtime.WithLogger(log))
 	register(w)
 	if *reconcileEvery > 0 {
 		go reconcileLoop(ctx, w, *reconcileEvery, *stalledAfter, log)

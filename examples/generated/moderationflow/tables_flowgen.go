@@ -3,7 +3,10 @@
 
 package moderationflow
 
-import "github.com/flowgen/flowgen/runtime"
+import (
+	"github.com/flowgen/flowgen/runtime"
+	"time"
+)
 
 // Node ids of blueprint content-moderation.
 const (
@@ -31,7 +34,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Join:        runtime.JoinAny,
 			Preds:       []string{ContentModerationNodeBan, ContentModerationNodeEscalate, ContentModerationNodePublish, ContentModerationNodeRedact},
 			Sources:     []string{ContentModerationNodeBan, ContentModerationNodeEscalate, ContentModerationNodePublish, ContentModerationNodeRedact},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationAudit,
 		},
 		ContentModerationNodeBan: {
@@ -42,7 +46,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeAudit},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationBan,
 		},
 		ContentModerationNodeEscalate: {
@@ -53,7 +58,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeAudit},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationEscalate,
 		},
 		ContentModerationNodeImages: {
@@ -62,7 +68,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeTriage},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationImages,
 		},
 		ContentModerationNodeLinks: {
@@ -71,7 +78,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeTriage},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationLinks,
 		},
 		ContentModerationNodePublish: {
@@ -82,7 +90,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeAudit},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationPublish,
 		},
 		ContentModerationNodeRedact: {
@@ -93,7 +102,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeAudit},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationRedact,
 		},
 		ContentModerationNodeText: {
@@ -102,7 +112,8 @@ var ContentModerationWorkflow = &runtime.Workflow{
 			Edges: []runtime.Edge{
 				{Target: ContentModerationNodeTriage},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
+			RetryDelay:  100 * time.Millisecond,
 			Exec:        execContentModerationText,
 		},
 		ContentModerationNodeTriage: {
@@ -116,7 +127,7 @@ var ContentModerationWorkflow = &runtime.Workflow{
 				{Target: ContentModerationNodeEscalate, Action: "escalate"},
 				{Target: ContentModerationNodeBan, Action: "ban"},
 			},
-			MaxAttempts: 1,
+			MaxAttempts: 3,
 			Exec:        execContentModerationTriage,
 		},
 	},

@@ -5,10 +5,48 @@ package nodes
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/flowgen/flowgen/runtime"
 )
+
+// Test hooks, off unless LedgerEnv is set: it names a file to which every node
+// execution appends a line "<run> <node> <attempt> <pid> <unix time in ns>"; DelayEnv
+// then sets a duration (e.g. "20ms") every node takes after that, standing for real work. The crash test of
+// backends/backendtest sets both, to count node executions across worker processes that
+// it kills while nodes are in flight.
+const (
+	LedgerEnv = "FLOWGEN_MODERATION_LEDGER"
+	DelayEnv  = "FLOWGEN_MODERATION_DELAY"
+)
+
+// ledger runs the test hooks for the node execution of ctx.
+func ledger(ctx context.Context) error {
+	path, t := os.Getenv(LedgerEnv), runtime.TaskFrom(ctx)
+	if path == "" || t == nil {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	// One write per line: appends of a short line do not interleave.
+	_, err = fmt.Fprintf(f, "%s %s %d %d %d\n", t.Run, t.Node, t.Attempt, os.Getpid(), time.Now().UnixNano())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if d, _ := time.ParseDuration(os.Getenv(DelayEnv)); err == nil && d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	return err
+}
 
 // Post is the run input.
 type Post struct {
@@ -38,6 +76,9 @@ type WordsParams struct {
 //
 //flowgen:node checkText
 func CheckText(ctx context.Context, in Post, p WordsParams) (Finding, error) {
+	if err := ledger(ctx); err != nil {
+		return Finding{}, err
+	}
 	f := Finding{Check: "text", Post: in}
 	text := strings.ToLower(in.Text)
 	for _, w := range p.Severe {
@@ -57,6 +98,9 @@ func CheckText(ctx context.Context, in Post, p WordsParams) (Finding, error) {
 //
 //flowgen:node checkImages
 func CheckImages(ctx context.Context, in Post) (Finding, error) {
+	if err := ledger(ctx); err != nil {
+		return Finding{}, err
+	}
 	f := Finding{Check: "images", Post: in}
 	for _, img := range in.Images {
 		if strings.Contains(img, "nsfw") {
@@ -70,6 +114,9 @@ func CheckImages(ctx context.Context, in Post) (Finding, error) {
 //
 //flowgen:node checkLinks
 func CheckLinks(ctx context.Context, in Post) (Finding, error) {
+	if err := ledger(ctx); err != nil {
+		return Finding{}, err
+	}
 	f := Finding{Check: "links", Post: in}
 	for _, l := range in.Links {
 		if strings.Contains(l, "spam") {
@@ -96,6 +143,9 @@ type Case struct {
 //
 //flowgen:node triage actions=approve,redact,escalate,ban
 func Triage(ctx context.Context, in Findings) (runtime.Routed[Case], error) {
+	if err := ledger(ctx); err != nil {
+		return runtime.Routed[Case]{}, err
+	}
 	worst := in.Text
 	for _, f := range []Finding{in.Images, in.Links} {
 		if f.Severity > worst.Severity {
@@ -125,6 +175,9 @@ type Verdict struct {
 //
 //flowgen:node publish
 func Publish(ctx context.Context, in Case) (Verdict, error) {
+	if err := ledger(ctx); err != nil {
+		return Verdict{}, err
+	}
 	return Verdict{PostID: in.Post.ID, Action: "published"}, nil
 }
 
@@ -132,6 +185,9 @@ func Publish(ctx context.Context, in Case) (Verdict, error) {
 //
 //flowgen:node redact
 func Redact(ctx context.Context, in Case) (Verdict, error) {
+	if err := ledger(ctx); err != nil {
+		return Verdict{}, err
+	}
 	return Verdict{PostID: in.Post.ID, Action: "redacted", Note: in.Worst.Note}, nil
 }
 
@@ -139,6 +195,9 @@ func Redact(ctx context.Context, in Case) (Verdict, error) {
 //
 //flowgen:node escalate
 func Escalate(ctx context.Context, in Case) (Verdict, error) {
+	if err := ledger(ctx); err != nil {
+		return Verdict{}, err
+	}
 	return Verdict{PostID: in.Post.ID, Action: "escalated", Note: in.Worst.Note}, nil
 }
 
@@ -146,6 +205,9 @@ func Escalate(ctx context.Context, in Case) (Verdict, error) {
 //
 //flowgen:node banAuthor
 func BanAuthor(ctx context.Context, in Case) (Verdict, error) {
+	if err := ledger(ctx); err != nil {
+		return Verdict{}, err
+	}
 	return Verdict{PostID: in.Post.ID, Action: "banned " + in.Post.Author, Note: in.Worst.Note}, nil
 }
 
@@ -159,6 +221,9 @@ type AuditRecord struct {
 //
 //flowgen:node audit
 func Audit(ctx context.Context, in Verdict) (AuditRecord, error) {
+	if err := ledger(ctx); err != nil {
+		return AuditRecord{}, err
+	}
 	entry := in.PostID + ": " + in.Action
 	if in.Note != "" {
 		entry += " (" + in.Note + ")"

@@ -1,4 +1,4 @@
-package runtime_test
+package backendtest
 
 import (
 	"context"
@@ -24,13 +24,12 @@ func (g *gauge) enter() {
 
 func (g *gauge) leave() { g.now.Add(-1) }
 
-func TestConcurrencyBound(t *testing.T) {
-	t.Parallel()
+func (s *suite) concurrencyBound(t *testing.T) {
 	var g gauge
 	slow := func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
 		g.enter()
 		defer g.leave()
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(150 * time.Millisecond) // long enough to overlap on any backend
 		return from("a", add(1))(ctx, t)
 	}
 	f := newFlow("bound").node("a", fromRun(add(0)))
@@ -43,8 +42,8 @@ func TestConcurrencyBound(t *testing.T) {
 		f.edge(id, "join")
 	}
 	wf := f.build()
-	c := newClient(t)
-	startWorker(t, c, []*runtime.Workflow{wf}, runtime.WithConcurrency(2))
+	c := s.client(t)
+	s.startWorker(t, c, []*runtime.Workflow{wf}, runtime.WithConcurrency(2))
 
 	if got := runInt(t, c, wf, 1); got != 12 {
 		t.Errorf("result = %d, want 6*2", got)
@@ -54,8 +53,7 @@ func TestConcurrencyBound(t *testing.T) {
 	}
 }
 
-func TestConcurrencyOne(t *testing.T) {
-	t.Parallel()
+func (s *suite) concurrencyOne(t *testing.T) {
 	// With one slot, subflows, batches and joins still make progress: no node holds a
 	// slot while it waits for others.
 	batch := batchFlow("one-batch")
@@ -81,8 +79,8 @@ func TestConcurrencyOne(t *testing.T) {
 		}).
 		edge("other", "sub2").edge("sub", "join").edge("sub2", "join")
 	bwf, cwf, pwf := batch.build(), child.build(), parent.build()
-	c := newClient(t)
-	startWorker(t, c, []*runtime.Workflow{bwf, cwf, pwf}, runtime.WithConcurrency(1))
+	c := s.client(t)
+	s.startWorker(t, c, []*runtime.Workflow{bwf, cwf, pwf}, runtime.WithConcurrency(1))
 
 	// The batch is 1..3 squared (14), the other child adds 1 to the input.
 	if got := runInt(t, c, pwf, 3); got != 14+4 {
@@ -90,8 +88,7 @@ func TestConcurrencyOne(t *testing.T) {
 	}
 }
 
-func TestGracefulShutdown(t *testing.T) {
-	t.Parallel()
+func (s *suite) gracefulShutdown(t *testing.T) {
 	started := make(chan struct{})
 	var finished atomic.Bool
 	f := newFlow("shutdown").
@@ -107,8 +104,8 @@ func TestGracefulShutdown(t *testing.T) {
 		node("b", from("a", add(1))).
 		edge("a", "b")
 	wf := f.build()
-	c := newClient(t)
-	stop := startWorker(t, c, []*runtime.Workflow{wf})
+	c := s.client(t)
+	stop := s.startWorker(t, c, []*runtime.Workflow{wf})
 	ctx := ctxT(t)
 	id, err := runtime.Start(ctx, c, wf, 1)
 	if err != nil {
@@ -123,7 +120,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("a stopped worker started b")
 	}
 	// a's completion was recorded: a new worker continues with b only.
-	startWorker(t, c, []*runtime.Workflow{wf})
+	s.startWorker(t, c, []*runtime.Workflow{wf})
 	res, err := runtime.Await(ctx, c, id)
 	if err != nil || string(res) != "3" {
 		t.Fatalf("Await = %s, %v; want 3", res, err)
@@ -131,8 +128,7 @@ func TestGracefulShutdown(t *testing.T) {
 	wantCounts(t, f, map[string]int{"a": 1, "b": 1})
 }
 
-func TestCancelFromAnotherProcess(t *testing.T) {
-	t.Parallel()
+func (s *suite) cancelFromAnotherProcess(t *testing.T) {
 	// The run is cancelled through another client on the same backend, as from another
 	// process: the worker learns it from its heartbeat and cancels the node in flight.
 	cancelled := make(chan error, 1)
@@ -145,8 +141,8 @@ func TestCancelFromAnotherProcess(t *testing.T) {
 		node("b", from("a", add(1))).
 		edge("a", "b")
 	wf := f.build()
-	c := newClient(t)
-	startWorker(t, c, []*runtime.Workflow{wf}, runtime.WithLease(150*time.Millisecond))
+	c := s.client(t)
+	s.startWorker(t, c, []*runtime.Workflow{wf}, runtime.WithLease(s.lease(300*time.Millisecond)))
 	other := runtime.New(c.Backend())
 	ctx := ctxT(t)
 
@@ -171,4 +167,46 @@ func TestCancelFromAnotherProcess(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	wantCounts(t, f, map[string]int{"a": 1, "b": 0})
+}
+
+func (s *suite) severalWorkers(t *testing.T) {
+	// Three workers, each with its own client, share one backend and many runs: every
+	// run completes with its result and every node runs once per run.
+	b, _ := s.open(t)
+	f := newFlow("shared").
+		node("a", fromRun(add(1))).
+		node("b", from("a", mul(2))).
+		node("c", from("a", mul(3))).
+		node("first", fromArrived(add(0)), join(runtime.JoinAny)).
+		node("both", joinStruct(sum, "b", "c")).
+		node("end", joinStruct(sum, "first", "both")).
+		edge("a", "b").edge("a", "c").
+		edge("b", "first").edge("c", "first").
+		edge("b", "both").edge("c", "both").
+		edge("first", "end").edge("both", "end")
+	wf := f.build()
+	for range 3 {
+		s.startWorker(t, runtime.New(b), []*runtime.Workflow{wf}, runtime.WithConcurrency(2))
+	}
+	c := runtime.New(b)
+	ctx := ctxT(t)
+	const runs = 30
+	ids := make([]runtime.RunID, runs)
+	for i := range ids {
+		var err error
+		if ids[i], err = runtime.Start(ctx, c, wf, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, id := range ids {
+		res, err := runtime.Await(ctx, c, id)
+		if err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+		// first is 2(i+1) or 3(i+1), both is 5(i+1).
+		if got := decodeInt(t, res); got != 7*(i+1) && got != 8*(i+1) {
+			t.Errorf("run %d: result = %d, want %d or %d", i, got, 7*(i+1), 8*(i+1))
+		}
+	}
+	wantCounts(t, f, map[string]int{"a": runs, "b": runs, "c": runs, "first": runs, "both": runs, "end": runs})
 }

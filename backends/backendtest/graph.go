@@ -1,4 +1,4 @@
-package runtime_test
+package backendtest
 
 import (
 	"context"
@@ -15,15 +15,14 @@ import (
 // Tests of the graph semantics of CONTRACT §6 on the mem backend: sequencing, joins,
 // skipping and routing. Failures and built-ins live in their own files.
 
-func TestLinear(t *testing.T) {
-	t.Parallel()
+func (s *suite) linear(t *testing.T) {
 	f := newFlow("linear").
 		node("a", fromRun(add(1))).
 		node("b", from("a", mul(2))).
 		node("c", from("b", add(3))).
 		edge("a", "b").edge("b", "c")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 4); got != 13 {
 		t.Errorf("result = %d, want (4+1)*2+3 = 13", got)
@@ -36,8 +35,7 @@ func TestLinear(t *testing.T) {
 	}
 }
 
-func TestFanOutFanIn(t *testing.T) {
-	t.Parallel()
+func (s *suite) fanOutFanIn(t *testing.T) {
 	f := newFlow("diamond").
 		node("a", fromRun(add(0))).
 		node("b", from("a", add(1))).
@@ -47,7 +45,7 @@ func TestFanOutFanIn(t *testing.T) {
 		edge("a", "b").edge("a", "c").edge("a", "d").
 		edge("b", "join").edge("c", "join").edge("d", "join")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 2); got != 3+20+102 {
 		t.Errorf("result = %d, want 3+20+102", got)
@@ -63,8 +61,7 @@ func leftOrRight(in int) runtime.Routed[int] {
 	return runtime.Route("right", in)
 }
 
-func TestAllJoinBehindUntakenBranch(t *testing.T) {
-	t.Parallel()
+func (s *suite) allJoinBehindUntakenBranch(t *testing.T) {
 	// a -left-> l ----------> join
 	//   -right-> r1 -> r2 -->
 	// The right branch is never taken: the join must still run, with r2 absent.
@@ -84,7 +81,7 @@ func TestAllJoinBehindUntakenBranch(t *testing.T) {
 		edge("a", "l", action("left")).edge("a", "r1", action("right")).
 		edge("r1", "r2").edge("l", "join").edge("r2", "join")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 4); got != 50 {
 		t.Errorf("result = %d, want (4+1)*10", got)
@@ -92,8 +89,7 @@ func TestAllJoinBehindUntakenBranch(t *testing.T) {
 	wantCounts(t, f, map[string]int{"a": 1, "l": 1, "r1": 0, "r2": 0, "join": 1})
 }
 
-func TestAllJoinAllSkipped(t *testing.T) {
-	t.Parallel()
+func (s *suite) allJoinAllSkipped(t *testing.T) {
 	// a's action matches no edge, so only its default edge (to z) is taken; b and c are
 	// skipped, so the join and its successor are skipped too.
 	f := newFlow("all-skipped").
@@ -108,7 +104,7 @@ func TestAllJoinAllSkipped(t *testing.T) {
 		edge("a", "b", action("x")).edge("a", "c", action("y")).edge("a", "z").
 		edge("b", "join").edge("c", "join").edge("join", "after")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	res, err := run(t, c, wf, 5)
 	if err != nil {
@@ -124,8 +120,7 @@ func TestAllJoinAllSkipped(t *testing.T) {
 	wantCounts(t, f, map[string]int{"b": 0, "c": 0, "join": 0, "after": 0, "z": 1})
 }
 
-func TestAnyJoinConcurrentArrivals(t *testing.T) {
-	t.Parallel()
+func (s *suite) anyJoinConcurrentArrivals(t *testing.T) {
 	// b, c and d finish together (they wait for each other); the any join must run once
 	// per run, with one of their outputs.
 	var mu sync.Mutex
@@ -158,9 +153,9 @@ func TestAnyJoinConcurrentArrivals(t *testing.T) {
 		edge("a", "b").edge("a", "c").edge("a", "d").
 		edge("b", "first").edge("c", "first").edge("d", "first")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
-	const runs = 40
+	const runs = 25
 	for i := range runs {
 		got := runInt(t, c, wf, 100)
 		if got != 1010 && got != 1020 && got != 1030 {
@@ -173,8 +168,7 @@ func TestAnyJoinConcurrentArrivals(t *testing.T) {
 	wantCounts(t, f, map[string]int{"b": runs, "c": runs, "d": runs, "first": runs})
 }
 
-func TestAnyJoinAllSkipped(t *testing.T) {
-	t.Parallel()
+func (s *suite) anyJoinAllSkipped(t *testing.T) {
 	f := newFlow("any-skipped").
 		node("start", fromRun(add(0))).
 		node("a", routed("start", leftOrRight)).
@@ -186,7 +180,7 @@ func TestAnyJoinAllSkipped(t *testing.T) {
 		edge("a", "b", action("left")).edge("a", "c", action("left")).edge("a", "other", action("right")).
 		edge("b", "first").edge("c", "first")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	res, err := run(t, c, wf, 1)
 	if err != nil {
@@ -198,8 +192,7 @@ func TestAnyJoinAllSkipped(t *testing.T) {
 	wantCounts(t, f, map[string]int{"b": 0, "c": 0, "first": 0, "other": 1})
 }
 
-func TestActionRouting(t *testing.T) {
-	t.Parallel()
+func (s *suite) actionRouting(t *testing.T) {
 	classify := func(in int) runtime.Routed[int] {
 		switch {
 		case in > 10:
@@ -222,7 +215,7 @@ func TestActionRouting(t *testing.T) {
 		edge("a", "big", action("big")).edge("a", "negative", action("negative")).
 		edge("a", "dflt1").edge("a", "dflt2")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	for _, tc := range []struct {
 		in   int
@@ -244,8 +237,7 @@ func TestActionRouting(t *testing.T) {
 	wantCounts(t, f, map[string]int{"big": 1, "negative": 1, "dflt1": 2, "dflt2": 2})
 }
 
-func TestEdgeConditions(t *testing.T) {
-	t.Parallel()
+func (s *suite) edgeConditions(t *testing.T) {
 	even := func(v int) bool { return v%2 == 0 }
 	odd := func(v int) bool { return v%2 != 0 }
 	f := newFlow("conditions").
@@ -262,7 +254,7 @@ func TestEdgeConditions(t *testing.T) {
 		edge("a", "odd", action("go"), when(odd)).
 		edge("a", "dflt")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	for _, tc := range []struct {
 		in   int
@@ -283,11 +275,10 @@ func TestEdgeConditions(t *testing.T) {
 	wantCounts(t, f, map[string]int{"even": 2, "odd": 1, "dflt": 0, "big": 1})
 }
 
-func TestRunResultAndStatus(t *testing.T) {
-	t.Parallel()
+func (s *suite) runResultAndStatus(t *testing.T) {
 	f := newFlow("status").node("a", fromRun(add(1)))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 	ctx := ctxT(t)
 	id, err := runtime.Start(ctx, c, wf, 1, runtime.WithMetadata(map[string]string{"k": "v"}))
 	if err != nil {
@@ -311,11 +302,10 @@ func TestRunResultAndStatus(t *testing.T) {
 	}
 }
 
-func TestStartDelay(t *testing.T) {
-	t.Parallel()
+func (s *suite) startDelay(t *testing.T) {
 	f := newFlow("delayed").node("a", fromRun(add(1)))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 	begin := time.Now()
 	if got := runInt(t, c, wf, 1, runtime.WithDelay(100*time.Millisecond)); got != 2 {
 		t.Errorf("result = %d, want 2", got)

@@ -1,21 +1,16 @@
-package runtime_test
+package backendtest
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	"github.com/flowgen/flowgen/runtime"
 )
 
-// This file holds the helpers the tests share: a builder for hand-written workflow
-// specs (what flowgen would generate), int-in/int-out node functions, and a worker on a
-// fresh mem backend.
+// This file holds a builder for hand-written workflow specs (what flowgen would
+// generate) and int-in/int-out node functions built the way generated code builds them.
 
 // intFunc is a node function on ints.
 type intFunc func(ctx context.Context, in int) (int, error)
@@ -264,130 +259,5 @@ func intCond(cond func(out, iteration int) bool) func(*runtime.Node) {
 			}
 			return cond(v, iteration), nil
 		}
-	}
-}
-
-// Running workflows.
-
-// testTimeout bounds every wait of a test; nothing in the suite should come close.
-const testTimeout = 15 * time.Second
-
-// fastWorker is the worker configuration tests use: short polls and leases.
-var fastWorker = []runtime.WorkerOption{
-	runtime.WithConcurrency(8),
-	runtime.WithPollInterval(20 * time.Millisecond),
-	runtime.WithLease(2 * time.Second),
-}
-
-// newClient opens a fresh mem backend, closed when the test ends.
-func newClient(t *testing.T) *runtime.Client {
-	t.Helper()
-	c, err := runtime.Open(context.Background(), "mem://")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// startWorker runs a worker for wfs on c until the test ends or stop is called; stop
-// returns once the worker finished its nodes in flight.
-func startWorker(t *testing.T, c *runtime.Client, wfs []*runtime.Workflow, opts ...runtime.WorkerOption) (stop func()) {
-	t.Helper()
-	opts = append(append([]runtime.WorkerOption{runtime.WithLogger(testLogger(t))}, fastWorker...), opts...)
-	w := runtime.NewWorker(c, opts...)
-	w.Register(wfs...)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-// testLogger logs through t, so a worker's log shows only when its test fails.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-// setup returns a client on a fresh mem backend with a worker for wfs.
-func setup(t *testing.T, wfs ...*runtime.Workflow) *runtime.Client {
-	t.Helper()
-	c := newClient(t)
-	startWorker(t, c, wfs)
-	return c
-}
-
-// ctxT is a context bounded by testTimeout.
-func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// run starts wf with input and awaits its result.
-func run(t *testing.T, c *runtime.Client, wf *runtime.Workflow, input any, opts ...runtime.StartOption) (json.RawMessage, error) {
-	t.Helper()
-	ctx := ctxT(t)
-	id, err := runtime.Start(ctx, c, wf, input, opts...)
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	return runtime.Await(ctx, c, id)
-}
-
-// runInt runs wf and returns its int result, failing the test on a run error.
-func runInt(t *testing.T, c *runtime.Client, wf *runtime.Workflow, input any, opts ...runtime.StartOption) int {
-	t.Helper()
-	res, err := run(t, c, wf, input, opts...)
-	if err != nil {
-		t.Fatalf("run: %v", err)
-	}
-	return decodeInt(t, res)
-}
-
-func decodeInt(t *testing.T, data []byte) int {
-	t.Helper()
-	var v int
-	if err := json.Unmarshal(data, &v); err != nil {
-		t.Fatalf("result %s: %v", data, err)
-	}
-	return v
-}
-
-// wantCounts checks how often each node ran.
-func wantCounts(t *testing.T, f *flow, want map[string]int) {
-	t.Helper()
-	for id, n := range want {
-		if got := f.count(id); got != n {
-			t.Errorf("node %s ran %d times, want %d", id, got, n)
-		}
-	}
-}
-
-// eventually polls cond until it holds or the test times out.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

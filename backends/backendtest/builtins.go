@@ -1,4 +1,4 @@
-package runtime_test
+package backendtest
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flowgen/flowgen/runtime"
+	"github.com/flowgen/flowgen/runtime/backend"
 )
 
 // Tests of the built-in nodes: loop controllers, batch scatter/gather, subflows, sleep
@@ -38,15 +39,14 @@ func loopFlow(id string, limit, maxIterations int, iterations *atomic.Int64) *fl
 		edge("b1", "b2").edge("b2", "ctrl")
 }
 
-func TestLoop(t *testing.T) {
-	t.Parallel()
+func (s *suite) loop(t *testing.T) {
 	var last atomic.Int64
 	f := loopFlow("loop", 20, 0, &last)
 	wf := f.build()
 	if got := wf.Nodes["ctrl"].LoopPreds; len(got) != 1 || got[0] != "b2" {
 		t.Fatalf("ctrl.LoopPreds = %v, want [b2]", got)
 	}
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	// 0 -> 1 -> 2 -> 3 -> 6 -> 7 -> 14 -> 15 -> 30: four iterations, the fifth breaks.
 	if got := runInt(t, c, wf, 0); got != 1030 {
@@ -65,20 +65,18 @@ func TestLoop(t *testing.T) {
 	})
 }
 
-func TestLoopMaxIterations(t *testing.T) {
-	t.Parallel()
+func (s *suite) loopMaxIterations(t *testing.T) {
 	var last atomic.Int64
 	f := loopFlow("loop-max", 1_000_000, 3, &last)
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	_, err := run(t, c, wf, 0)
 	wantRunError(t, err, "ctrl", "3 iterations")
 	wantCounts(t, f, map[string]int{"b1": 3, "exit": 0})
 }
 
-func TestLoopBehindUntakenBranch(t *testing.T) {
-	t.Parallel()
+func (s *suite) loopBehindUntakenBranch(t *testing.T) {
 	// route sends odd inputs right, past the loop: the loop and its exit are skipped,
 	// and the join after them still runs.
 	var last atomic.Int64
@@ -92,7 +90,7 @@ func TestLoopBehindUntakenBranch(t *testing.T) {
 		edge("route", "init", action("left")).edge("route", "other", action("right")).
 		edge("exit", "join").edge("other", "join")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 3); got != 4 {
 		t.Errorf("odd input: result = %d, want 3+1", got)
@@ -105,8 +103,7 @@ func TestLoopBehindUntakenBranch(t *testing.T) {
 	wantCounts(t, f, map[string]int{"init": 1, "b1": 3, "exit": 1, "other": 1, "join": 2})
 }
 
-func TestNestedLoops(t *testing.T) {
-	t.Parallel()
+func (s *suite) nestedLoops(t *testing.T) {
 	// init -> outer -continue-> p -> inner -continue-> b -> inner
 	//                                inner -break-> q -> outer
 	//         outer -break-> exit
@@ -130,7 +127,7 @@ func TestNestedLoops(t *testing.T) {
 		edge("inner", "q", action(runtime.ActionBreak)).
 		edge("b", "inner").edge("q", "outer")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	// 0 -> p 0 -> 1, 2 -> q 2 -> p 20 -> 21, 22 -> q 22 -> p 220 -> 221, 222 -> exit 222.
 	if got := runInt(t, c, wf, 0); got != 222 {
@@ -168,11 +165,10 @@ func batchFlow(id string) *flow {
 		edge("prep", "scatter").edge("scatter", "gather")
 }
 
-func TestBatch(t *testing.T) {
-	t.Parallel()
+func (s *suite) batch(t *testing.T) {
 	f := batchFlow("batch")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	for _, tc := range []struct {
 		n    int
@@ -193,8 +189,7 @@ func TestBatch(t *testing.T) {
 	wantCounts(t, f, map[string]int{"prep": 3, "scatter": 6})
 }
 
-func TestBatchItemRetryAndFailure(t *testing.T) {
-	t.Parallel()
+func (s *suite) batchItemRetryAndFailure(t *testing.T) {
 	var failures atomic.Int32
 	f := batchFlow("batch-retry")
 	f.wf.Nodes["scatter"].MaxAttempts = 2
@@ -208,7 +203,7 @@ func TestBatchItemRetryAndFailure(t *testing.T) {
 		return -v, nil
 	}))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	res, err := run(t, c, wf, 4)
 	if err != nil {
@@ -223,8 +218,7 @@ func TestBatchItemRetryAndFailure(t *testing.T) {
 	wantRunError(t, err, "scatter", "item 13 is cursed")
 }
 
-func TestBatchBehindUntakenBranch(t *testing.T) {
-	t.Parallel()
+func (s *suite) batchBehindUntakenBranch(t *testing.T) {
 	f := batchFlow("batch-skipped")
 	f.node("start", fromRun(add(0))).
 		node("route", routed("start", leftOrRight)).
@@ -234,7 +228,7 @@ func TestBatchBehindUntakenBranch(t *testing.T) {
 		edge("route", "prep", action("left")).edge("route", "other", action("right")).
 		edge("gather", "join").edge("other", "join")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 3); got != 4 {
 		t.Errorf("result = %d, want 3+1", got)
@@ -242,8 +236,7 @@ func TestBatchBehindUntakenBranch(t *testing.T) {
 	wantCounts(t, f, map[string]int{"prep": 0, "scatter": 0, "other": 1, "join": 1})
 }
 
-func TestSubflow(t *testing.T) {
-	t.Parallel()
+func (s *suite) subflow(t *testing.T) {
 	child := newFlow("child").
 		node("c1", fromRun(add(1))).
 		node("c2", from("c1", mul(2))).
@@ -254,7 +247,7 @@ func TestSubflow(t *testing.T) {
 		node("p2", from("sub", add(1000))).
 		edge("p1", "sub").edge("sub", "p2")
 	cwf, pwf := child.build(), parent.build()
-	c := setup(t, cwf, pwf)
+	c := s.setup(t, cwf, pwf)
 
 	// p1: 15; child: 16, 32; p2: 1032.
 	if got := runInt(t, c, pwf, 5); got != 1032 {
@@ -277,15 +270,14 @@ func TestSubflow(t *testing.T) {
 			node("after", from("sub", add(1))).
 			edge("sub", "after")
 		cwf, pwf := child.build(), parent.build()
-		c := setup(t, cwf, pwf)
+		c := s.setup(t, cwf, pwf)
 		_, err := run(t, c, pwf, 1)
 		wantRunError(t, err, "sub", "child broke", `"c1"`)
 		wantCounts(t, parent, map[string]int{"after": 0})
 	})
 }
 
-func TestCancelSubflow(t *testing.T) {
-	t.Parallel()
+func (s *suite) cancelSubflow(t *testing.T) {
 	// Cancelling the parent cancels the child run and its node in flight.
 	cancelled := make(chan error, 1)
 	child := newFlow("cancel-child").
@@ -301,7 +293,7 @@ func TestCancelSubflow(t *testing.T) {
 		node("after", from("sub", add(1))).
 		edge("sub", "after")
 	cwf, pwf := child.build(), parent.build()
-	c := setup(t, cwf, pwf)
+	c := s.setup(t, cwf, pwf)
 	ctx := ctxT(t)
 
 	id, err := runtime.Start(ctx, c, pwf, 1)
@@ -327,8 +319,7 @@ func TestCancelSubflow(t *testing.T) {
 	wantCounts(t, parent, map[string]int{"after": 0})
 }
 
-func TestSleep(t *testing.T) {
-	t.Parallel()
+func (s *suite) sleep(t *testing.T) {
 	const nap = 150 * time.Millisecond
 	var mu sync.Mutex
 	var aDone, bStart time.Time
@@ -346,7 +337,7 @@ func TestSleep(t *testing.T) {
 		}).
 		edge("a", "nap").edge("nap", "b")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 1); got != 4 {
 		t.Errorf("result = %d, want (1+1)*2 (sleep passes its input through)", got)
@@ -358,8 +349,7 @@ func TestSleep(t *testing.T) {
 	}
 }
 
-func TestSleepBeforeJoin(t *testing.T) {
-	t.Parallel()
+func (s *suite) sleepBeforeJoin(t *testing.T) {
 	// a -> nap -> join, a -> b -> join: the join waits for the sleep to end, although b
 	// arrives at once.
 	const nap = 100 * time.Millisecond
@@ -380,7 +370,7 @@ func TestSleepBeforeJoin(t *testing.T) {
 		}).
 		edge("a", "nap").edge("a", "b").edge("nap", "join").edge("b", "join")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 1); got != 22 {
 		t.Errorf("result = %d, want 2+20", got)
@@ -397,7 +387,7 @@ func TestSleepBeforeJoin(t *testing.T) {
 			node("nap", nil, kind(runtime.KindSleep), func(n *runtime.Node) { n.Sleep = nap }).
 			edge("a", "nap")
 		wf := f.build()
-		c := setup(t, wf)
+		c := s.setup(t, wf)
 		begin := time.Now()
 		if got := runInt(t, c, wf, 1); got != 2 {
 			t.Errorf("result = %d, want 2", got)
@@ -420,8 +410,7 @@ func resume(t *testing.T, c *runtime.Client, id runtime.RunID, node, action stri
 	})
 }
 
-func TestWait(t *testing.T) {
-	t.Parallel()
+func (s *suite) wait(t *testing.T) {
 	f := newFlow("approval").
 		node("a", fromRun(add(1))).
 		node("review", nil, kind(runtime.KindWait)).
@@ -431,7 +420,7 @@ func TestWait(t *testing.T) {
 		edge("review", "approved", action("approve")).
 		edge("review", "rejected", action("reject"))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 	ctx := ctxT(t)
 
 	id, err := runtime.Start(ctx, c, wf, 1)
@@ -471,4 +460,97 @@ func TestWait(t *testing.T) {
 		}
 	})
 	wantCounts(t, f, map[string]int{"a": 2, "approved": 1, "rejected": 1})
+}
+
+func (s *suite) sleepSurvivesRestart(t *testing.T) {
+	// The worker stops while the run sleeps; a new worker (on a new connection, for a
+	// durable backend) wakes the run at the time the sleep began with: the sleep node's
+	// job is delivered to it once, when due, and completes the sleep.
+	const nap = 600 * time.Millisecond
+	var mu sync.Mutex
+	var aDone, bStart time.Time
+	f := newFlow("sleep-restart").
+		node("a", func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
+			defer func() { mu.Lock(); aDone = time.Now(); mu.Unlock() }()
+			return fromRun(add(1))(ctx, t)
+		}).
+		node("nap", nil, kind(runtime.KindSleep), func(n *runtime.Node) { n.Sleep = nap }).
+		node("b", func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
+			mu.Lock()
+			bStart = time.Now()
+			mu.Unlock()
+			return from("nap", mul(2))(ctx, t)
+		}).
+		edge("a", "nap").edge("nap", "b")
+	wf := f.build()
+	b, url := s.open(t)
+	before := &faulty{Backend: b}
+	c := runtime.New(before)
+	stop := s.startWorker(t, c, []*runtime.Workflow{wf})
+	ctx := ctxT(t)
+	id, err := runtime.Start(ctx, c, wf, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isNap := isNode("nap")
+	eventually(t, "the sleep node to start", func() bool { return before.deliveredWhere(isNap) > 0 })
+	stop() // the sleep node's job was handled: its wake-up time is recorded
+	if f.count("b") != 0 {
+		t.Fatal("b ran before the sleep ended")
+	}
+	after := &faulty{Backend: s.reopen(t, b, url)}
+	c2 := runtime.New(after)
+	s.startWorker(t, c2, []*runtime.Workflow{wf})
+	res, err := runtime.Await(ctx, c2, id)
+	if err != nil || string(res) != "4" {
+		t.Fatalf("Await = %s, %v; want (1+1)*2", res, err)
+	}
+	// A sleep that started over would have been delivered again, and postponed.
+	if n := after.deliveredWhere(isNap); n != 1 {
+		t.Errorf("after the restart the sleep node's job was delivered %d times, want once (when due)", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if d := bStart.Sub(aDone); d < nap {
+		t.Errorf("b started %v after a, want >= %v", d, nap)
+	}
+	wantCounts(t, f, map[string]int{"a": 1, "b": 1})
+}
+
+func (s *suite) waitSurvivesRestart(t *testing.T) {
+	// The run waits at review when its worker stops; it is resumed while no worker
+	// runs, and a new worker continues it with the action and output given.
+	f := newFlow("approval-restart").
+		node("a", fromRun(add(1))).
+		node("review", nil, kind(runtime.KindWait)).
+		node("approved", from("review", add(100))).
+		node("rejected", from("review", mul(-1))).
+		edge("a", "review").
+		edge("review", "approved", action("approve")).
+		edge("review", "rejected", action("reject"))
+	wf := f.build()
+	b, url := s.open(t)
+	fb := &faulty{Backend: b}
+	c := runtime.New(fb)
+	stop := s.startWorker(t, c, []*runtime.Workflow{wf})
+	ctx := ctxT(t)
+	id, err := runtime.Start(ctx, c, wf, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the wait node to run", func() bool {
+		return fb.deliveredWhere(func(j backend.Job) bool { return j.Node == "review" }) > 0
+	})
+	stop()
+	c2 := runtime.New(s.reopen(t, b, url))
+	if err := c2.ResumeRun(ctx, id, "review", "reject", 7); err != nil {
+		t.Fatalf("ResumeRun with no worker running: %v", err)
+	}
+	wantStatus(t, c2, id, "running")
+	s.startWorker(t, c2, []*runtime.Workflow{wf})
+	res, err := runtime.Await(ctx, c2, id)
+	if err != nil || string(res) != `{"rejected":-7}` {
+		t.Fatalf("Await = %s, %v; want the resumed output 7 on the reject branch", res, err)
+	}
+	wantCounts(t, f, map[string]int{"a": 1, "approved": 0, "rejected": 1})
 }

@@ -1,4 +1,4 @@
-package runtime_test
+package backendtest
 
 import (
 	"context"
@@ -26,29 +26,7 @@ func flaky(n int, err error) runtime.ExecFunc {
 	}
 }
 
-// wantRunError checks that err is the *RunError of a run that failed at node, with a
-// reason containing each of parts.
-func wantRunError(t *testing.T, err error, node string, parts ...string) {
-	t.Helper()
-	if !errors.Is(err, runtime.ErrRunFailed) || errors.Is(err, runtime.ErrRunCancelled) {
-		t.Fatalf("err = %v, want a failed run", err)
-	}
-	var re *runtime.RunError
-	if !errors.As(err, &re) {
-		t.Fatalf("err = %T, want *runtime.RunError", err)
-	}
-	if re.Node != node {
-		t.Errorf("failed node = %q, want %q (err: %v)", re.Node, node, err)
-	}
-	for _, p := range parts {
-		if !strings.Contains(re.Reason, p) {
-			t.Errorf("reason %q does not contain %q", re.Reason, p)
-		}
-	}
-}
-
-func TestRetryWithBackoff(t *testing.T) {
-	t.Parallel()
+func (s *suite) retryWithBackoff(t *testing.T) {
 	const base = 20 * time.Millisecond
 	var mu sync.Mutex
 	var seen []int // Task.Attempt of each execution
@@ -65,7 +43,7 @@ func TestRetryWithBackoff(t *testing.T) {
 		node("c", from("b", mul(2))).
 		edge("a", "b").edge("b", "c")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 4); got != 10 {
 		t.Errorf("result = %d, want (4+1)*2", got)
@@ -85,15 +63,14 @@ func TestRetryWithBackoff(t *testing.T) {
 	}
 }
 
-func TestRetriesExhaustedFailsRun(t *testing.T) {
-	t.Parallel()
+func (s *suite) retriesExhaustedFailsRun(t *testing.T) {
 	f := newFlow("exhausted").
 		node("a", fromRun(add(0))).
 		node("b", flaky(100, errors.New("kaput")), attempts(3, time.Millisecond)).
 		node("c", from("b", add(1))).
 		edge("a", "b").edge("b", "c")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	ctx := ctxT(t)
 	id, err := runtime.Start(ctx, c, wf, 1)
@@ -112,22 +89,20 @@ func TestRetriesExhaustedFailsRun(t *testing.T) {
 	}
 }
 
-func TestPermanentStopsRetrying(t *testing.T) {
-	t.Parallel()
+func (s *suite) permanentStopsRetrying(t *testing.T) {
 	f := newFlow("permanent").
 		node("a", func(context.Context, *runtime.Task) (runtime.Output, error) {
 			return runtime.Output{}, runtime.Permanent(errors.New("invalid order"))
 		}, attempts(5, time.Millisecond))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	_, err := run(t, c, wf, 1)
 	wantRunError(t, err, "a", "invalid order", "1 attempt")
 	wantCounts(t, f, map[string]int{"a": 1})
 }
 
-func TestFallbackAfterRetries(t *testing.T) {
-	t.Parallel()
+func (s *suite) fallbackAfterRetries(t *testing.T) {
 	var failure atomic.Pointer[runtime.Failure]
 	var fallbackRuns atomic.Int32
 	f := newFlow("fallback").
@@ -149,7 +124,7 @@ func TestFallbackAfterRetries(t *testing.T) {
 	if len(wf.Start) != 1 || len(wf.Terminals) != 1 {
 		t.Fatalf("start %v, terminals %v: the fallback-only node must be neither", wf.Start, wf.Terminals)
 	}
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 3); got != 301 {
 		t.Errorf("result = %d, want 3*100+1 (the fallback's output continues along b's edges)", got)
@@ -170,8 +145,7 @@ func TestFallbackAfterRetries(t *testing.T) {
 	}
 }
 
-func TestFallbackFails(t *testing.T) {
-	t.Parallel()
+func (s *suite) fallbackFails(t *testing.T) {
 	f := newFlow("fallback-fails").
 		node("a", fromRun(add(0))).
 		node("b", flaky(100, errors.New("primary down")), func(n *runtime.Node) {
@@ -184,15 +158,14 @@ func TestFallbackFails(t *testing.T) {
 		node("c", from("b", add(1))).
 		edge("a", "b").edge("b", "c")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	_, err := run(t, c, wf, 1)
 	wantRunError(t, err, "b", "primary down", "backup down too")
 	wantCounts(t, f, map[string]int{"b": 1, "c": 0})
 }
 
-func TestTimeout(t *testing.T) {
-	t.Parallel()
+func (s *suite) timeout(t *testing.T) {
 	var deadlineHit atomic.Int32
 	// slow blocks until its ctx is done on attempt 1, and answers at once afterwards.
 	slow := func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
@@ -210,7 +183,7 @@ func TestTimeout(t *testing.T) {
 		node("b", slow, attempts(2, time.Millisecond), timeout(30*time.Millisecond)).
 		edge("a", "b")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	if got := runInt(t, c, wf, 1); got != 2 {
 		t.Errorf("result = %d, want 2 (the second attempt succeeds)", got)
@@ -227,15 +200,14 @@ func TestTimeout(t *testing.T) {
 				return runtime.Output{}, ctx.Err()
 			}, attempts(2, time.Millisecond), timeout(20*time.Millisecond))
 		wf := f.build()
-		c := setup(t, wf)
+		c := s.setup(t, wf)
 		_, err := run(t, c, wf, 1)
 		wantRunError(t, err, "a", "deadline exceeded", "timed out after 20ms")
 		wantCounts(t, f, map[string]int{"a": 2})
 	})
 }
 
-func TestPanicIsAFailedAttempt(t *testing.T) {
-	t.Parallel()
+func (s *suite) panicIsAFailedAttempt(t *testing.T) {
 	f := newFlow("panic").
 		node("a", func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
 			if t.Attempt == 1 {
@@ -244,15 +216,14 @@ func TestPanicIsAFailedAttempt(t *testing.T) {
 			return fromRun(add(1))(ctx, t)
 		}, attempts(2, time.Millisecond))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 	if got := runInt(t, c, wf, 1); got != 2 {
 		t.Errorf("result = %d, want 2", got)
 	}
 	wantCounts(t, f, map[string]int{"a": 2})
 }
 
-func TestCancelRun(t *testing.T) {
-	t.Parallel()
+func (s *suite) cancelRun(t *testing.T) {
 	started := make(chan struct{}, 2)
 	cancelled := make(chan error, 1) // the ctx error b saw
 	release := make(chan struct{})   // lets the stubborn node finish
@@ -277,7 +248,7 @@ func TestCancelRun(t *testing.T) {
 		node("afterS", from("s", add(1))).
 		edge("a", "b").edge("a", "s").edge("b", "afterB").edge("s", "afterS")
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	ctx := ctxT(t)
 	id, err := runtime.Start(ctx, c, wf, 1)
@@ -323,16 +294,45 @@ func TestCancelRun(t *testing.T) {
 	}
 }
 
-func TestConditionPanics(t *testing.T) {
-	t.Parallel()
+func (s *suite) conditionPanics(t *testing.T) {
 	f := newFlow("cond-panic").
 		node("a", fromRun(add(1))).
 		node("b", from("a", add(1))).
 		edge("a", "b", when(func(int) bool { panic("nil map in condition") }))
 	wf := f.build()
-	c := setup(t, wf)
+	c := s.setup(t, wf)
 
 	_, err := run(t, c, wf, 1)
 	wantRunError(t, err, "a", "panic", "nil map in condition", "a -> b")
 	wantCounts(t, f, map[string]int{"a": 1, "b": 0})
+}
+
+func (s *suite) fallbackOutputUnroutable(t *testing.T) {
+	// b fails and its fallback answers, but routing the fallback's output fails (the
+	// condition of b's edge panics): the run fails at b, naming the fallback, and the
+	// fallback is not run again and again.
+	var fallbackRuns atomic.Int32
+	f := newFlow("fallback-unroutable").
+		node("a", fromRun(add(0))).
+		node("b", flaky(100, errors.New("primary down")), func(n *runtime.Node) {
+			n.Fallback = "backup"
+			n.FallbackExec = from("a", func(_ context.Context, in int) (int, error) {
+				fallbackRuns.Add(1)
+				return in, nil
+			})
+		}).
+		node("backup", nil).
+		node("c", from("b", add(1))).
+		edge("a", "b").
+		edge("b", "c", when(func(int) bool { panic("condition on the fallback's output") }))
+	wf := f.build()
+	c := s.setup(t, wf)
+
+	_, err := run(t, c, wf, 1)
+	wantRunError(t, err, "b", `fallback "backup"`, "condition on the fallback's output")
+	time.Sleep(50 * time.Millisecond) // a fallback run again would show up
+	if n := fallbackRuns.Load(); n != 1 {
+		t.Errorf("the fallback ran %d times, want 1", n)
+	}
+	wantCounts(t, f, map[string]int{"b": 1, "c": 0})
 }
