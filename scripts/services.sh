@@ -4,7 +4,9 @@
 #   scripts/services.sh env [SERVICE...]     print the export lines of services that answer
 #   scripts/services.sh status [SERVICE...]  say which services answer
 #   scripts/services.sh stop [SERVICE...]    stop the servers this script started
-# Services: postgres (FLOWGEN_TEST_POSTGRES). Without a name, every service. Use it as
+# Services: postgres (FLOWGEN_TEST_POSTGRES), redis (FLOWGEN_TEST_REDIS),
+# aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm).
+# Without a name, every service. Use it as
 #   eval "$(scripts/services.sh start postgres)"
 # Export lines go to stdout, everything else to stderr. A service whose variable is set
 # and answers is used as it is; otherwise a throwaway server is started in a temp dir on
@@ -18,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVICES=(postgres)
+SERVICES=(postgres redis aws)
 STATE=${FLOWGEN_SERVICES_DIR:-$PWD/.services}
 HOST=127.0.0.1
 
@@ -221,6 +223,182 @@ postgres_stop_server() { # [quiet]
 	esac
 	rm -rf "$STATE/postgres"
 	[ "${1:-}" = quiet ] || log "postgres: stopped the server and removed $dir"
+}
+
+# ---------- redis ----------
+
+VAR_redis=FLOWGEN_TEST_REDIS
+
+redis_answers() { # URL
+	local hp host port
+	hp=${1#*://}
+	hp=${hp##*@}
+	hp=${hp%%/*}
+	hp=${hp%%\?*}
+	host=${hp%:*}
+	port=6379
+	[ "$hp" != "$host" ] && port=${hp##*:}
+	if command -v redis-cli >/dev/null; then
+		[ "$(redis-cli -h "${host:-127.0.0.1}" -p "$port" ping 2>/dev/null)" = PONG ]
+		return
+	fi
+	tcp_answers "${host:-127.0.0.1}" "$port"
+}
+
+redis_start_server() {
+	local dir port try
+	command -v redis-server >/dev/null || apt_install redis-server
+	dir=$(mktemp -d "${TMPDIR:-/tmp}/flowgen-redis.XXXXXX")
+	mkdir -p "$STATE/redis"
+	echo "$dir" >"$STATE/redis/dir"
+	for try in 1 2 3 4 5; do
+		port=$(free_port)
+		# A throwaway server for tests: in memory, nothing saved.
+		if redis-server --bind "$HOST" --port "$port" --save '' --appendonly no --dir "$dir" \
+			--daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null 2>&1; then
+			for _ in $(seq 1 50); do
+				if redis_answers "redis://$HOST:$port/0"; then
+					save_url redis "redis://$HOST:$port/0"
+					log "redis: started on $HOST:$port (stop it with: scripts/services.sh stop redis)"
+					return 0
+				fi
+				sleep 0.1
+			done
+		fi
+		log "redis: starting on port $port failed (attempt $try):"
+		tail -n 5 "$dir/redis.log" >&2 2>/dev/null || true
+	done
+	die "redis: could not start a server; see $dir/redis.log"
+}
+
+redis_stop_server() { # [quiet]
+	local dir
+	if [ ! -f "$STATE/redis/dir" ]; then
+		[ "${1:-}" = quiet ] || log "redis: no server started by this script"
+		return 0
+	fi
+	dir=$(cat "$STATE/redis/dir")
+	if [ -f "$dir/redis.pid" ]; then
+		kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+	fi
+	case $dir in
+	"${TMPDIR:-/tmp}"/flowgen-redis.*) rm -rf "$dir" ;;
+	esac
+	rm -rf "$STATE/redis"
+	[ "${1:-}" = quiet ] || log "redis: stopped the server and removed $dir"
+}
+
+# ---------- aws ----------
+# dynalite (DynamoDB) and local-aws-sqs (SQS), Node programs from npm, installed once into
+# $STATE/npm and reused. The URL names both endpoints:
+#   aws://?region=us-east-1&endpoint_sqs=http://127.0.0.1:P1&endpoint_dynamodb=http://127.0.0.1:P2
+# The servers accept any credentials; the tests set dummy ones when none are set.
+
+VAR_aws=FLOWGEN_TEST_AWS
+DYNALITE_VERSION=4.0.0
+LOCAL_AWS_SQS_VERSION=2.0.2
+
+# aws_param URL NAME prints the value of the URL's query parameter NAME.
+aws_param() {
+	local kv kvs
+	IFS='&' read -ra kvs <<<"${1#*\?}"
+	for kv in "${kvs[@]}"; do
+		if [ "${kv%%=*}" = "$2" ]; then
+			echo "${kv#*=}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# aws_http_answers URL: something accepts connections at the URL's host:port.
+aws_http_answers() {
+	local hp=${1#*://}
+	hp=${hp%%/*}
+	tcp_answers "${hp%:*}" "${hp##*:}"
+}
+
+aws_answers() { # URL
+	local s d
+	s=$(aws_param "$1" endpoint_sqs) || return 1
+	d=$(aws_param "$1" endpoint_dynamodb) || return 1
+	aws_http_answers "$s" && aws_http_answers "$d"
+}
+
+aws_npm_has() { # package version
+	local f="$STATE/npm/node_modules/$1/package.json"
+	[ -f "$f" ] && grep -q "\"version\": *\"$2\"" "$f"
+}
+
+aws_start_server() {
+	local dir="$STATE/npm" sqs_port ddb_port p
+	command -v node >/dev/null || apt_install nodejs npm
+	mkdir -p "$dir" "$STATE/aws"
+	if ! aws_npm_has dynalite "$DYNALITE_VERSION" || ! aws_npm_has local-aws-sqs "$LOCAL_AWS_SQS_VERSION"; then
+		command -v npm >/dev/null || die "aws: needs npm to install dynalite and local-aws-sqs"
+		[ -f "$dir/package.json" ] || echo '{"name":"flowgen-emulators","private":true}' >"$dir/package.json"
+		log "aws: npm install dynalite@$DYNALITE_VERSION local-aws-sqs@$LOCAL_AWS_SQS_VERSION into $dir"
+		(cd "$dir" && npm install --no-audit --no-fund --loglevel=error \
+			"dynalite@$DYNALITE_VERSION" "local-aws-sqs@$LOCAL_AWS_SQS_VERSION" >"$STATE/aws/npm-install.log" 2>&1) || {
+			cat "$STATE/aws/npm-install.log" >&2
+			die "aws: npm install failed"
+		}
+	fi
+	# local-aws-sqs 2.0.2 counts ChangeMessageVisibility as a receive (ApproximateReceiveCount
+	# grows with every lease renewal; real SQS counts receives only): count only receives.
+	sed -i 's/let n=Number(t.record.attributes.ApproximateReceiveCount)+1;/let n=Number(t.record.attributes.ApproximateReceiveCount)+(i?0:1);/' \
+		"$dir/node_modules/local-aws-sqs/dist/index.js"
+	# It also holds a long poll open until it has MaxNumberOfMessages messages or the wait
+	# ends, while the leases of the messages it already took run out; real SQS returns as
+	# soon as it has any: return after the first pass that found some.
+	sed -i 's/if(r.length==e){clearInterval(c),clearTimeout(n),o();break}}},10)/if(r.length==e)break}r.length\&\&(clearInterval(c),clearTimeout(n),o())},10)/' \
+		"$dir/node_modules/local-aws-sqs/dist/index.js"
+	cat >"$dir/sqs-server.js" <<'JS'
+// Starts local-aws-sqs (in-memory SQS, AWS JSON and Query protocols) on SQS_HOST:SQS_PORT.
+const { createSqsServer } = require("local-aws-sqs");
+const port = parseInt(process.env.SQS_PORT, 10), hostname = process.env.SQS_HOST;
+createSqsServer({ port, hostname, emulateQueueCreationLifecycle: false })
+  .then(() => console.log(`local-aws-sqs listening on http://${hostname}:${port}`))
+  .catch((e) => { console.error(e); process.exit(1); });
+JS
+	ddb_port=$(free_port)
+	(cd "$dir" && exec nohup node node_modules/dynalite/cli.js --host "$HOST" --port "$ddb_port" \
+		--createTableMs 0 --deleteTableMs 0 --updateTableMs 0 >"$STATE/aws/dynalite.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/aws/dynalite.pid"
+	sqs_port=$(free_port)
+	[ "$sqs_port" != "$ddb_port" ] || sqs_port=$(free_port)
+	(cd "$dir" && SQS_HOST=$HOST SQS_PORT=$sqs_port exec nohup node sqs-server.js \
+		>"$STATE/aws/sqs.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/aws/sqs.pid"
+	for _ in $(seq 1 100); do
+		if tcp_answers "$HOST" "$ddb_port" && tcp_answers "$HOST" "$sqs_port"; then
+			save_url aws "aws://?region=us-east-1&endpoint_sqs=http://$HOST:$sqs_port&endpoint_dynamodb=http://$HOST:$ddb_port"
+			log "aws: dynalite on $HOST:$ddb_port, local-aws-sqs on $HOST:$sqs_port (stop them with: scripts/services.sh stop aws)"
+			return 0
+		fi
+		for p in dynalite sqs; do
+			kill -0 "$(cat "$STATE/aws/$p.pid")" 2>/dev/null || {
+				tail -n 20 "$STATE/aws/$p.log" >&2
+				die "aws: $p exited; see $STATE/aws/$p.log"
+			}
+		done
+		sleep 0.1
+	done
+	die "aws: the servers did not answer in 10s; see $STATE/aws/*.log"
+}
+
+aws_stop_server() { # [quiet]
+	local p stopped=0
+	for p in dynalite sqs; do
+		if [ -f "$STATE/aws/$p.pid" ] && kill "$(cat "$STATE/aws/$p.pid")" 2>/dev/null; then
+			stopped=1
+		fi
+	done
+	rm -f "$STATE/aws/dynalite.pid" "$STATE/aws/sqs.pid" "$STATE/aws/url"
+	if [ "${1:-}" != quiet ]; then
+		if [ $stopped = 1 ]; then log "aws: stopped dynalite and local-aws-sqs"; else log "aws: no server started by this script"; fi
+	fi
+	return 0
 }
 
 # ---------- main ----------

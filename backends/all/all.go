@@ -3,7 +3,9 @@
 package all
 
 import (
+	_ "github.com/flowgen/flowgen/backends/aws"      // aws://
 	_ "github.com/flowgen/flowgen/backends/mem"      // mem://
 	_ "github.com/flowgen/flowgen/backends/postgres" // postgres://, postgresql://
+	_ "github.com/flowgen/flowgen/backends/redis"    // redis://, rediss://
 	_ "github.com/flowgen/flowgen/backends/sqlite"   // sqlite://
 )

@@ -8,6 +8,7 @@
 //	flowgen graph [-format mermaid|dot] blueprint.json
 //	flowgen schema
 //	flowgen bench [-backend URL] [-shapes ...] [-runs N] [-inflight N] [-workers N] [-json]
+//	flowgen infra aws [-format cli|terraform|both]
 package main
 
 import (
@@ -36,6 +37,8 @@ Usage:
         print the JSON Schema of the blueprint format
   flowgen bench [-backend URL] [-shapes LIST] [-runs N] [-inflight N] [-workers N] [-json]
         run the benchmark shapes and print throughput and latency
+  flowgen infra aws [-format cli|terraform|both]
+        print the AWS CLI commands and Terraform that create the aws:// backend's resources
 
 Run "flowgen COMMAND -h" for a command's flags. Errors go to stderr with
 file:line:col positions; the exit status is 1 on any error.
@@ -52,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd := "gen"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		switch args[0] {
-		case "gen", "check", "graph", "schema", "bench":
+		case "gen", "check", "graph", "schema", "bench", "infra":
 			cmd, args = args[0], args[1:]
 		case "help":
 			fmt.Fprint(stdout, usage)
@@ -74,6 +77,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = schemaCmd(args, stdout, stderr)
 	case "bench":
 		err = benchCmd(ctx, args, stdout, stderr)
+	case "infra":
+		err = infraCmd(args, stdout, stderr)
 	}
 	switch {
 	case err == nil:

@@ -176,3 +176,19 @@ func TestBenchFlags(t *testing.T) {
 		t.Errorf("bench -json: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
+
+func TestInfraAWS(t *testing.T) {
+	code, stdout, stderr := flowgen(t, "infra", "aws", "-format", "both", "-queue", "jobs-q")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"aws sqs create-queue --queue-name jobs-q", "jobs-q-dlq", "aws dynamodb create-table --table-name flowgen-statuses",
+		"status-lastUpdated", `resource "aws_dynamodb_table"`, `resource "aws_sqs_queue"`} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("infra aws output lacks %q", want)
+		}
+	}
+	if code, _, _ := flowgen(t, "infra", "gcp"); code == 0 {
+		t.Error("infra gcp succeeded")
+	}
+}

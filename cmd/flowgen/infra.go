@@ -1,0 +1,192 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/template"
+)
+
+// infraCmd prints the commands and the Terraform that create a backend's cloud
+// resources: `flowgen infra aws [flags]`.
+func infraCmd(args []string, stdout, stderr io.Writer) error {
+	usage := func() {
+		fmt.Fprint(stderr, "Usage: flowgen infra aws [-format cli|terraform|both] [-queue NAME] [-dlq NAME] [-contexts NAME]\n"+
+			"                        [-statuses NAME] [-coordination NAME] [-max-receives N] [-region REGION]\n\n"+
+			"Prints the AWS CLI commands and the Terraform that create what the aws:// backend uses:\n"+
+			"an SQS queue with a dead-letter queue, and the DynamoDB tables with their keys, the\n"+
+			"statuses table's status-lastUpdated index, and TTL on the coordination table. The\n"+
+			"defaults are the names the backend uses when its URL names none.\n\n")
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		usage()
+		if len(args) == 0 {
+			return errors.New("infra: name a cloud: flowgen infra aws")
+		}
+		return flag.ErrHelp
+	}
+	cloud, args := args[0], args[1:]
+	if cloud != "aws" {
+		return fmt.Errorf("infra: unknown cloud %q (known: aws)", cloud)
+	}
+	fs := flag.NewFlagSet("flowgen infra aws", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	// The defaults match backends/aws (DefaultQueue, DefaultDLQ, …).
+	c := awsInfra{}
+	format := fs.String("format", "both", "what to print: `cli` (AWS CLI commands), terraform, or both")
+	fs.StringVar(&c.Queue, "queue", "flowgen-jobs", "SQS job queue `name` (URL: queue=)")
+	fs.StringVar(&c.DLQ, "dlq", "", "dead-letter queue `name` (URL: dlq=; default: the queue's name + \"-dlq\")")
+	fs.StringVar(&c.Contexts, "contexts", "flowgen-contexts", "DynamoDB table `name` for large state values (URL: contexts=)")
+	fs.StringVar(&c.Statuses, "statuses", "flowgen-statuses", "DynamoDB table `name` for run records and state (URL: statuses=)")
+	fs.StringVar(&c.Coordination, "coordination", "flowgen-coordination", "DynamoDB coordination table `name` (URL: coordination=)")
+	fs.IntVar(&c.MaxReceives, "max-receives", 50, "redrive policy's maxReceiveCount: receives before SQS moves a message to the dead-letter queue")
+	fs.StringVar(&c.Region, "region", "", "AWS `region` for the CLI commands (default: the CLI's own)")
+	fs.Usage = func() { usage(); fs.PrintDefaults() }
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if c.DLQ == "" {
+		c.DLQ = c.Queue + "-dlq"
+	}
+	if c.Region != "" {
+		c.RegionFlag = " --region " + c.Region
+	}
+	c.Ident = func(s string) string { return strings.NewReplacer("-", "_", ".", "_").Replace(s) }
+	var tmpls []string
+	switch *format {
+	case "cli":
+		tmpls = []string{awsCLI}
+	case "terraform":
+		tmpls = []string{awsTerraform}
+	case "both":
+		tmpls = []string{awsCLI, awsTerraform}
+	default:
+		return fmt.Errorf("infra: -format %q: want cli, terraform or both", *format)
+	}
+	for i, src := range tmpls {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident}).Parse(src))
+		if err := t.Execute(stdout, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// awsInfra is what the AWS templates print.
+type awsInfra struct {
+	Queue, DLQ, Contexts, Statuses, Coordination string
+	MaxReceives                                  int
+	Region, RegionFlag                           string
+	Ident                                        func(string) string
+}
+
+const awsCLI = `# AWS CLI: the resources of the aws:// backend (flowgen infra aws -format cli).
+# Worker URL: aws://?queue={{.Queue}}&dlq={{.DLQ}}&contexts={{.Contexts}}&statuses={{.Statuses}}&coordination={{.Coordination}}
+set -e
+DLQ_URL=$(aws sqs create-queue{{.RegionFlag}} --queue-name {{.DLQ}} \
+  --attributes MessageRetentionPeriod=1209600 --query QueueUrl --output text)
+DLQ_ARN=$(aws sqs get-queue-attributes{{.RegionFlag}} --queue-url "$DLQ_URL" \
+  --attribute-names QueueArn --query Attributes.QueueArn --output text)
+aws sqs create-queue{{.RegionFlag}} --queue-name {{.Queue}} --attributes "{\"VisibilityTimeout\":\"30\",\"RedrivePolicy\":\"{\\\"deadLetterTargetArn\\\":\\\"$DLQ_ARN\\\",\\\"maxReceiveCount\\\":\\\"{{.MaxReceives}}\\\"}\"}"
+
+# Run records and run state; index for the reconciler's query (status, lastUpdated).
+aws dynamodb create-table{{.RegionFlag}} --table-name {{.Statuses}} \
+  --attribute-definitions AttributeName=runId,AttributeType=S AttributeName=status,AttributeType=S AttributeName=lastUpdated,AttributeType=N \
+  --key-schema AttributeName=runId,KeyType=HASH \
+  --global-secondary-indexes 'IndexName=status-lastUpdated,KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=lastUpdated,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
+  --billing-mode PAY_PER_REQUEST
+
+# State values too large for the status item, by reference.
+aws dynamodb create-table{{.RegionFlag}} --table-name {{.Contexts}} \
+  --attribute-definitions AttributeName=runId,AttributeType=S AttributeName=ref,AttributeType=S \
+  --key-schema AttributeName=runId,KeyType=HASH AttributeName=ref,KeyType=RANGE \
+  --billing-mode PAY_PER_REQUEST
+
+# Coordination items (expire through TTL on expiresAt).
+aws dynamodb create-table{{.RegionFlag}} --table-name {{.Coordination}} \
+  --attribute-definitions AttributeName=pk,AttributeType=S \
+  --key-schema AttributeName=pk,KeyType=HASH \
+  --billing-mode PAY_PER_REQUEST
+aws dynamodb wait table-exists{{.RegionFlag}} --table-name {{.Coordination}}
+aws dynamodb update-time-to-live{{.RegionFlag}} --table-name {{.Coordination}} \
+  --time-to-live-specification Enabled=true,AttributeName=expiresAt
+`
+
+const awsTerraform = `# Terraform: the resources of the aws:// backend (flowgen infra aws -format terraform).
+resource "aws_sqs_queue" "{{ident .DLQ}}" {
+  name                      = "{{.DLQ}}"
+  message_retention_seconds = 1209600
+}
+
+resource "aws_sqs_queue" "{{ident .Queue}}" {
+  name                       = "{{.Queue}}"
+  visibility_timeout_seconds = 30
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.{{ident .DLQ}}.arn
+    maxReceiveCount     = {{.MaxReceives}}
+  })
+}
+
+resource "aws_dynamodb_table" "{{ident .Statuses}}" {
+  name         = "{{.Statuses}}"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "runId"
+
+  attribute {
+    name = "runId"
+    type = "S"
+  }
+  attribute {
+    name = "status"
+    type = "S"
+  }
+  attribute {
+    name = "lastUpdated"
+    type = "N"
+  }
+
+  global_secondary_index {
+    name            = "status-lastUpdated"
+    hash_key        = "status"
+    range_key       = "lastUpdated"
+    projection_type = "ALL"
+  }
+}
+
+resource "aws_dynamodb_table" "{{ident .Contexts}}" {
+  name         = "{{.Contexts}}"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "runId"
+  range_key    = "ref"
+
+  attribute {
+    name = "runId"
+    type = "S"
+  }
+  attribute {
+    name = "ref"
+    type = "S"
+  }
+}
+
+resource "aws_dynamodb_table" "{{ident .Coordination}}" {
+  name         = "{{.Coordination}}"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "pk"
+
+  attribute {
+    name = "pk"
+    type = "S"
+  }
+
+  ttl {
+    attribute_name = "expiresAt"
+    enabled        = true
+  }
+}
+`
