@@ -5,6 +5,7 @@ package workermain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,10 +25,14 @@ import (
 func Main(name string, args []string, register func(*runtime.Worker)) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, name, args, os.Stderr, register)
+	return run(ctx, name, args, os.Stdout, os.Stderr, register)
 }
 
-func run(ctx context.Context, name string, args []string, stderr io.Writer, register func(*runtime.Worker)) int {
+func run(ctx context.Context, name string, args []string, stdout, stderr io.Writer, register func(*runtime.Worker)) int {
+	once := len(args) > 0 && args[0] == "reconcile"
+	if once {
+		args = args[1:]
+	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	def := os.Getenv("FLOWGEN_BACKEND")
@@ -41,7 +46,7 @@ func run(ctx context.Context, name string, args []string, stderr io.Writer, regi
 	stalledAfter := fs.Duration("stalled-after", 5*time.Minute, "a running run without progress for this long is stalled")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s [flags]\n\nExecutes workflow nodes from the backend's queue until SIGINT or SIGTERM,\nthen finishes the nodes in flight and exits.\n\nFlags:\n", name)
+		fmt.Fprintf(stderr, "Usage: %s [flags]\n       %s reconcile [flags]\n\nExecutes workflow nodes from the backend's queue until SIGINT or SIGTERM,\nthen finishes the nodes in flight and exits. With reconcile, runs one\nreconciler pass (runs stalled for -stalled-after get their open nodes\nenqueued again), prints its stats as JSON on stdout and exits.\n\nFlags:\n", name, name)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -65,6 +70,17 @@ func run(ctx context.Context, name string, args []string, stderr io.Writer, regi
 	defer c.Close()
 	w := runtime.NewWorker(c, runtime.WithConcurrency(*concurrency), runtime.WithLease(*lease), runtime.WithLogger(log))
 	register(w)
+	if once {
+		stats, err := w.Reconcile(ctx, *stalledAfter)
+		if err != nil {
+			log.Error("reconcile", "err", err)
+			return 1
+		}
+		data, _ := json.Marshal(map[string]int{"scanned": stats.Scanned, "stalledRuns": stats.Stalled,
+			"reconciledRuns": stats.Reconciled, "failedRuns": stats.Failed})
+		fmt.Fprintf(stdout, "%s\n", data)
+		return 0
+	}
 	if *reconcileEvery > 0 {
 		go reconcileLoop(ctx, w, *reconcileEvery, *stalledAfter, log)
 	}
