@@ -8,12 +8,13 @@ import (
 	"github.com/flowgen/flowgen/runtime/backend"
 )
 
-// handoff passes jobs from this process's commits straight to its waiting Dequeue
-// calls. A commit that makes jobs ready while Dequeue calls of this process wait for
-// work leases them in the same script call (see lease in scripts/lib.lua), so the
-// next node of a run starts without another round trip and without a pub/sub wake-up.
-// Only jobs a waiting Dequeue asked for are leased this way; if it stopped waiting
-// meanwhile, the next Dequeue takes them first, and Close puts back what is left.
+// handoff passes jobs from this process's commits straight to its Dequeue calls. A
+// commit that makes jobs ready while a Dequeue call of this process wants jobs (it
+// waits, or asks Redis) leases them in the same script call (see lease in
+// scripts/lib.lua), so the next node of a run starts without another round trip and
+// without a pub/sub wake-up. Only as many jobs as the Dequeue calls asked for are
+// leased this way; what a call did not take waits for the next, its lease renewed
+// meanwhile (keepHandoff), and Close puts back what is left.
 type handoff struct {
 	mu       sync.Mutex
 	demand   int           // jobs the waiting Dequeue calls want

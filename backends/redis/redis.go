@@ -84,9 +84,9 @@
 // that finds nothing registers the process in the waiting set and waits for a pub/sub
 // wake-up, which pushes publish only while a registration lasts; until one arrives,
 // later Dequeue calls of the process wait without asking Redis. When a commit makes
-// jobs ready while Dequeue calls of its process wait, the commit script leases them
-// at once and the waiting calls get them from the reply (handoff.go): a chain of nodes
-// then costs one round trip per node.
+// jobs ready while a Dequeue call of its process wants jobs, the commit script leases
+// them at once and that call gets them from the reply (handoff.go): a chain of nodes
+// then costs one round trip per node, and no other process is woken for them.
 //
 // # Round trips
 //
