@@ -140,7 +140,9 @@ func (w *Worker) heartbeat(ctx context.Context, done chan<- struct{}) {
 		for run, fs := range w.inflight {
 			runs = append(runs, run)
 			for f := range fs {
-				ds = append(ds, f.d)
+				if f.d.Handle != nil { // a trigger's message: its visibility is the trigger's
+					ds = append(ds, f.d)
+				}
 			}
 		}
 		w.mu.Unlock()
@@ -199,7 +201,10 @@ type job struct {
 	log  jobLogger
 }
 
-func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
+// handle executes one delivery. It returns the error that leaves the job for another
+// delivery (nil when the job was acked, requeued or dead-lettered); only HandleMessage
+// uses it, since the queue redelivers a job whose lease expires.
+func (w *Worker) handle(ctx context.Context, d *backend.Delivery) (failed error) {
 	ctx, done := w.track(ctx, d)
 	defer done()
 	j := d.Job
@@ -208,14 +213,13 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 		// A bug must not take the worker down: the job is delivered again, and
 		// dead-lettered after too many deliveries.
 		if p := recover(); p != nil {
-			w.retryLater(ctx, d, log, fmt.Errorf("panic: %v", p))
+			failed = w.retryLater(ctx, d, log, fmt.Errorf("panic: %v", p))
 		}
 	}()
 	if j.Workflow == "" { // jobs addressed to a run by another run (ChildDone) name no workflow
 		r, _, err := w.c.b.Read(ctx, j.Run)
 		if err != nil {
-			w.retryLater(ctx, d, log, err)
-			return
+			return w.retryLater(ctx, d, log, err)
 		}
 		d.Job.Workflow, d.Job.Version = r.Workflow, r.Version
 		j = d.Job
@@ -228,14 +232,14 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 		next := j
 		next.NotBefore = time.Now().Add(w.opts.requeueDelay)
 		w.requeue(ctx, d, next, log)
-		return
+		return nil
 	}
 	if j.Kind == backend.Rerun { // names a node given by the user: checked by rerun
 		h := &job{w: w, d: d, wf: wf, log: log}
 		if err := h.rerun(ctx); err != nil {
-			w.retryLater(ctx, d, log, err)
+			return w.retryLater(ctx, d, log, err)
 		}
-		return
+		return nil
 	}
 	in, err := parseInstance(j.Node)
 	var node *Node
@@ -246,7 +250,7 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 	}
 	if err != nil {
 		w.deadLetter(ctx, d, log, err.Error())
-		return
+		return nil
 	}
 	h := &job{w: w, d: d, wf: wf, node: node, in: in, log: log}
 	switch j.Kind {
@@ -258,35 +262,49 @@ func (w *Worker) handle(ctx context.Context, d *backend.Delivery) {
 		err = h.childDone(ctx)
 	default:
 		w.deadLetter(ctx, d, log, fmt.Sprintf("unknown job kind %d", j.Kind))
-		return
+		return nil
 	}
 	if err != nil {
-		w.retryLater(ctx, d, log, err)
+		return w.retryLater(ctx, d, log, err)
 	}
+	return nil
 }
 
 // retryLater leaves a job whose handling failed for another delivery, dead-lettering it
-// after too many.
-func (w *Worker) retryLater(ctx context.Context, d *backend.Delivery, log jobLogger, err error) {
+// after too many. It returns err when the job is left for another delivery.
+func (w *Worker) retryLater(ctx context.Context, d *backend.Delivery, log jobLogger, err error) error {
 	if errors.Is(err, backend.ErrNotFound) {
 		log.Warn("flowgen: job for a run that does not exist; dropped")
 		w.ack(ctx, d, log)
-		return
+		return nil
 	}
 	if d.Deliveries >= w.opts.maxDeliveries {
 		w.deadLetter(ctx, d, log, err.Error())
-		return
+		return nil
 	}
 	log.Error("flowgen: job failed; it will be delivered again when its lease expires", "err", err, "deliveries", d.Deliveries)
+	return err
 }
 
+// ack, requeue and deadLetter settle a delivery. A delivery without a Handle came from
+// a serverless trigger, which deletes the message when HandleMessage returns nil: there
+// is nothing to ack, and a requeue is a new message.
 func (w *Worker) ack(ctx context.Context, d *backend.Delivery, log jobLogger) {
+	if d.Handle == nil {
+		return
+	}
 	if err := w.c.b.Ack(ctx, d); err != nil {
 		log.Warn("flowgen: ack failed; the job will be delivered again", "err", err)
 	}
 }
 
 func (w *Worker) requeue(ctx context.Context, d *backend.Delivery, next backend.Job, log jobLogger) {
+	if d.Handle == nil {
+		if err := w.c.b.Enqueue(ctx, next); err != nil {
+			log.Warn("flowgen: requeue failed; the job is lost until the reconciler finds its run", "err", err)
+		}
+		return
+	}
 	if err := w.c.b.Requeue(ctx, d, next); err != nil {
 		log.Warn("flowgen: requeue failed; the job will be delivered again when its lease expires", "err", err)
 	}

@@ -242,3 +242,21 @@ func Schemes() []string {
 type Metered interface {
 	Counters(ctx context.Context) (map[string]float64, error)
 }
+
+// MessageDecoder is implemented by backends whose queue messages a serverless trigger
+// can hand to a worker (an AWS Lambda with an SQS event source, an Azure Functions queue
+// trigger): the trigger receives the message and deletes it, so the worker needs only
+// its body. See runtime.Worker.HandleMessage.
+type MessageDecoder interface {
+	// DecodeMessage decodes a message body written by this backend into a Delivery with
+	// a nil Handle and Deliveries counted from what the body carries (at least 1).
+	// DeadLetter accepts such a Delivery: it stores the job aside and deletes nothing.
+	DecodeMessage(body []byte) (*Delivery, error)
+}
+
+// ScanNamer is implemented by backends whose reconciler scans something with a name of
+// its own in the stats it reports, such as "scannedKeys" (Redis) or "scannedItems"
+// (DynamoDB); the default name is "scanned".
+type ScanNamer interface {
+	ScannedName() string
+}

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flowgen/flowgen/runtime/backend"
+
 	_ "github.com/flowgen/flowgen/backends/all" // every backend, for -backend
 	"github.com/flowgen/flowgen/runtime"
 )
@@ -76,7 +78,11 @@ func run(ctx context.Context, name string, args []string, stdout, stderr io.Writ
 			log.Error("reconcile", "err", err)
 			return 1
 		}
-		data, _ := json.Marshal(map[string]int{"scanned": stats.Scanned, "stalledRuns": stats.Stalled,
+		scanned := "scanned"
+		if n, ok := c.Backend().(backend.ScanNamer); ok {
+			scanned = n.ScannedName()
+		}
+		data, _ := json.Marshal(map[string]int{scanned: stats.Scanned, "stalledRuns": stats.Stalled,
 			"reconciledRuns": stats.Reconciled, "failedRuns": stats.Failed})
 		fmt.Fprintf(stdout, "%s\n", data)
 		return 0
