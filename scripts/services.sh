@@ -5,7 +5,7 @@
 #   scripts/services.sh status [SERVICE...]  say which services answer
 #   scripts/services.sh stop [SERVICE...]    stop the servers this script started
 # Services: postgres (FLOWGEN_TEST_POSTGRES), redis (FLOWGEN_TEST_REDIS),
-# aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm).
+# redis-cluster (FLOWGEN_TEST_REDIS_CLUSTER: three masters), aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm).
 # Without a name, every service. Use it as
 #   eval "$(scripts/services.sh start postgres)"
 # Export lines go to stdout, everything else to stderr. A service whose variable is set
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVICES=(postgres redis aws)
+SERVICES=(postgres redis redis-cluster aws)
 STATE=${FLOWGEN_SERVICES_DIR:-$PWD/.services}
 HOST=127.0.0.1
 
@@ -70,7 +70,7 @@ save_url() {
 # saved_url NAME prints the recorded URL of a service, or nothing.
 saved_url() { cat "$STATE/$1/url" 2>/dev/null || true; }
 
-var_of() { local v="VAR_$1"; echo "${!v}"; }
+var_of() { local v="VAR_${1//-/_}"; echo "${!v}"; }
 
 # current_url NAME prints the URL the service answers at (its variable, else the
 # server this script started), or fails.
@@ -286,6 +286,81 @@ redis_stop_server() { # [quiet]
 	esac
 	rm -rf "$STATE/redis"
 	[ "${1:-}" = quiet ] || log "redis: stopped the server and removed $dir"
+}
+
+# ---------- redis-cluster ----------
+# Three masters (no replicas) on free loopback ports, as one Redis Cluster:
+#   redis://127.0.0.1:P1?addr=127.0.0.1:P2&addr=127.0.0.1:P3&cluster=1
+
+VAR_redis_cluster=FLOWGEN_TEST_REDIS_CLUSTER
+
+redis-cluster_answers() { # URL
+	local hp host port
+	hp=${1#*://}
+	hp=${hp%%/*}
+	hp=${hp%%\?*}
+	host=${hp%:*}
+	port=${hp##*:}
+	command -v redis-cli >/dev/null || return 1
+	redis-cli -h "$host" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
+}
+
+redis-cluster_start_server() {
+	local dir port ports=() addrs=() i url
+	command -v redis-server >/dev/null || apt_install redis-server
+	command -v redis-cli >/dev/null || apt_install redis-tools
+	dir=$(mktemp -d "${TMPDIR:-/tmp}/flowgen-redis-cluster.XXXXXX")
+	mkdir -p "$STATE/redis-cluster"
+	echo "$dir" >"$STATE/redis-cluster/dir"
+	for i in 1 2 3; do
+		port=$(free_port)
+		# free_port may hand out the same port twice before a server binds it.
+		while [[ " ${ports[*]} " == *" $port "* ]]; do port=$(free_port); done
+		mkdir -p "$dir/$port"
+		redis-server --bind "$HOST" --port "$port" --save '' --appendonly no --dir "$dir/$port" \
+			--cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+			--daemonize yes --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" >/dev/null 2>&1 ||
+			die "redis-cluster: could not start a node on port $port; see $dir/$port/redis.log"
+		ports+=("$port")
+		addrs+=("$HOST:$port")
+	done
+	for port in "${ports[@]}"; do
+		for _ in $(seq 1 50); do
+			[ "$(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null)" = PONG ] && break
+			sleep 0.1
+		done
+	done
+	redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 || {
+		cat "$dir/create.log" >&2
+		die "redis-cluster: redis-cli --cluster create failed"
+	}
+	url="redis://${addrs[0]}?addr=${addrs[1]}&addr=${addrs[2]}&cluster=1"
+	for _ in $(seq 1 100); do
+		if redis-cluster_answers "$url"; then
+			save_url redis-cluster "$url"
+			log "redis-cluster: started on ${addrs[*]} (stop it with: scripts/services.sh stop redis-cluster)"
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "redis-cluster: the cluster did not reach state ok; see $dir/*/redis.log"
+}
+
+redis-cluster_stop_server() { # [quiet]
+	local dir pid
+	if [ ! -f "$STATE/redis-cluster/dir" ]; then
+		[ "${1:-}" = quiet ] || log "redis-cluster: no server started by this script"
+		return 0
+	fi
+	dir=$(cat "$STATE/redis-cluster/dir")
+	for pid in "$dir"/*/redis.pid; do
+		[ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+	done
+	case $dir in
+	"${TMPDIR:-/tmp}"/flowgen-redis-cluster.*) rm -rf "$dir" ;;
+	esac
+	rm -rf "$STATE/redis-cluster"
+	[ "${1:-}" = quiet ] || log "redis-cluster: stopped the servers and removed $dir"
 }
 
 # ---------- aws ----------

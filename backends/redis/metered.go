@@ -6,13 +6,16 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // Counters reports, for `flowgen bench` (backend.Metered):
 //
 //   - redis_cmds: the commands Redis executed, from INFO commandstats, counting those
 //     run inside scripts and the EVALSHA itself (INFO excluded). It counts every client
-//     of the server, so measure on a Redis of your own.
+//     of the server (on Redis Cluster, of the master holding the prefix's slot), so
+//     measure on a Redis of your own.
 //   - redis_round_trips: the network round trips of every process on this prefix
 //     (a pipeline of commands sent together is one), from the stats hash where each
 //     process writes its counts every 100ms while they change, and at once when
@@ -29,7 +32,7 @@ func (b *Backend) Counters(ctx context.Context) (map[string]float64, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	info, err := b.rdb.Info(ctx, "commandstats").Result()
+	info, err := b.server(ctx).Info(ctx, "commandstats").Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis: INFO commandstats: %w", err)
 	}
@@ -62,6 +65,17 @@ func (b *Backend) Counters(ctx context.Context) (map[string]float64, error) {
 		}
 	}
 	return map[string]float64{"redis_cmds": cmds, "redis_round_trips": trips, "redis_calls": calls}, nil
+}
+
+// server is the client of the server that holds the backend's keys: on Redis Cluster,
+// the master of the prefix's slot.
+func (b *Backend) server(ctx context.Context) goredis.Cmdable {
+	if c, ok := b.rdb.(*goredis.ClusterClient); ok {
+		if m, err := c.MasterForKey(ctx, b.k.stats); err == nil {
+			return m
+		}
+	}
+	return b.rdb
 }
 
 // statsValue is this process's entry in the stats hash: round trips, calls, and the

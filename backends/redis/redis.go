@@ -12,7 +12,9 @@
 // Options in the query (the others are go-redis's: pool_size, dial_timeout, …):
 //
 //   - prefix: prepended to every key and channel (default "flowgen:"); backends with
-//     different prefixes on one Redis never see each other. It must not contain braces.
+//     different prefixes on one Redis never see each other. Braces are allowed only as
+//     one hash tag, as in "{flowgen}:", which Redis Cluster needs (see below).
+//   - cluster: true for Redis Cluster, with more seed nodes in addr= parameters.
 //   - ttl: how long a finished run (completed, failed, cancelled) is kept before Redis
 //     expires it, as a Go duration or a number of seconds (default 24h; 0 keeps runs
 //     for ever). A rerun makes the run permanent again until it finishes.
@@ -53,7 +55,8 @@
 //	P wake, P done    pub/sub channels: "a job is ready", "run <id> ended", and
 //	P stats           "write your counts now" (Counters)
 //
-// The keys of one run share the hash tag {ID}, the queue's {q} and the indexes' {idx}.
+// The keys of one run share the hash tag {ID}, the queue's {q} and the indexes' {idx}
+// (unless the prefix holds a hash tag, which then comes first and wins).
 //
 // # Transitions
 //
@@ -105,16 +108,27 @@
 // pushes the job, so keep the workers' clocks in sync (NTP), as with any lease-based
 // queue.
 //
-// Redis Cluster is not supported: the keys of one run share the hash tag {ID}, the
-// queue's share {q} and the indexes' {idx}, but the commit and dequeue scripts touch
-// a run's keys together with the queue's and the indexes', which Redis Cluster
-// refuses. Use a single Redis; for failover, give New a Sentinel client
-// (goredis.NewFailoverClient). The reconciler re-enqueues what a failover loses.
+// # Redis Cluster
+//
+// Give the URL the seed nodes and cluster=true:
+//
+//	redis://host1:6379?addr=host2:6379&addr=host3:6379&cluster=true&prefix={flowgen}:
+//
+// The commit and dequeue scripts are atomic across a run's keys, the queue's and the
+// indexes', and Redis Cluster runs a script only on keys of one slot. So, as BullMQ
+// does, the backend keeps all its keys in one slot: on a cluster its prefix must hold
+// a hash tag (default DefaultClusterPrefix, "{flowgen}:"), which then decides the slot
+// of every key (the run's own {ID} tag is not the first one, so it no longer counts).
+// The cluster brings failover and room for other data; one prefix's throughput is one
+// master's, and deployments with different prefixes spread over the masters. For
+// failover without a cluster, give New a Sentinel client (goredis.NewFailoverClient).
+// The reconciler re-enqueues what a failover loses.
 package redis
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	_ "embed"
 	"encoding/hex"
@@ -145,6 +159,7 @@ func open(ctx context.Context, u *url.URL) (backend.Backend, error) {
 // Defaults of the URL options.
 const (
 	DefaultPrefix        = "flowgen:"
+	DefaultClusterPrefix = "{flowgen}:"
 	DefaultTTL           = 24 * time.Hour
 	DefaultPoll          = time.Second
 	DefaultMaxDeliveries = 20
@@ -245,48 +260,80 @@ func Open(ctx context.Context, rawURL string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis backend URL: %w", err)
 	}
-	opts, ca, err := parseOptions(u)
+	opts, ca, cluster, err := parseOptions(u)
 	if err != nil {
 		return nil, fmt.Errorf("redis backend URL %s: %w", redact(u), err)
 	}
-	ropts, err := goredis.ParseURL(u.String())
+	rdb, err := newClient(u, cluster, ca)
 	if err != nil {
 		return nil, fmt.Errorf("redis backend URL %s: %w", redact(u), err)
 	}
-	if !u.Query().Has("protocol") {
-		// RESP2: this backend needs no push notifications, and RESP3's make go-redis
-		// look for them before every pipeline, at the cost of a system call.
-		ropts.Protocol = 2
-	}
-	if ca != "" {
-		if ropts.TLSConfig == nil {
-			return nil, fmt.Errorf("redis backend URL %s: ca= needs rediss://", redact(u))
-		}
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("redis backend URL %s: %w", redact(u), err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis backend URL %s: ca=%s holds no PEM certificate", redact(u), ca)
-		}
-		ropts.TLSConfig.RootCAs = pool
-	}
-	b, err := New(ctx, goredis.NewClient(ropts), opts)
+	b, err := New(ctx, rdb, opts)
 	if err != nil {
 		return nil, fmt.Errorf("redis backend %s: %w", redact(u), err)
 	}
 	return b, nil
 }
 
-// New returns a backend on an existing client, which it closes on Close.
+// newClient makes the go-redis client for u: a cluster client when cluster is set
+// (seed nodes in u's host and addr= parameters), else a single-server one; ca is a PEM
+// file of authorities to trust for TLS.
+func newClient(u *url.URL, cluster bool, ca string) (goredis.UniversalClient, error) {
+	var tlsConfig **tls.Config
+	var rdb func() goredis.UniversalClient
+	if cluster {
+		copts, err := goredis.ParseClusterURL(u.String())
+		if err != nil {
+			return nil, err
+		}
+		if !u.Query().Has("protocol") {
+			copts.Protocol = 2
+		}
+		tlsConfig = &copts.TLSConfig
+		rdb = func() goredis.UniversalClient { return goredis.NewClusterClient(copts) }
+	} else {
+		ropts, err := goredis.ParseURL(u.String())
+		if err != nil {
+			return nil, err
+		}
+		if !u.Query().Has("protocol") {
+			// RESP2: this backend needs no push notifications, and RESP3's make go-redis
+			// look for them before every pipeline, at the cost of a system call.
+			ropts.Protocol = 2
+		}
+		tlsConfig = &ropts.TLSConfig
+		rdb = func() goredis.UniversalClient { return goredis.NewClient(ropts) }
+	}
+	if ca != "" {
+		if *tlsConfig == nil {
+			return nil, errors.New("ca= needs rediss://")
+		}
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca=%s holds no PEM certificate", ca)
+		}
+		(*tlsConfig).RootCAs = pool
+	}
+	return rdb(), nil
+}
+
+// New returns a backend on an existing client, which it closes on Close. On a
+// *goredis.ClusterClient the prefix must hold a hash tag (default DefaultClusterPrefix).
 func New(ctx context.Context, rdb goredis.UniversalClient, opts Options) (*Backend, error) {
+	_, cluster := rdb.(*goredis.ClusterClient)
 	if opts.Prefix == "" {
 		opts.Prefix = DefaultPrefix
+		if cluster {
+			opts.Prefix = DefaultClusterPrefix
+		}
 	}
-	if strings.ContainsAny(opts.Prefix, "{}") {
+	if err := checkPrefix(opts.Prefix, cluster); err != nil {
 		_ = rdb.Close()
-		return nil, fmt.Errorf("prefix %q must not contain braces (they mark hash tags)", opts.Prefix)
+		return nil, err
 	}
 	switch {
 	case opts.TTL == 0:
@@ -333,8 +380,28 @@ func New(ctx context.Context, rdb goredis.UniversalClient, opts Options) (*Backe
 	return b, nil
 }
 
-// parseOptions takes this backend's options out of u's query, leaving go-redis's.
-func parseOptions(u *url.URL) (Options, string, error) {
+// checkPrefix accepts a prefix without braces, or with one hash tag — "{name}" before
+// any other brace — which puts every key of the backend in that tag's slot: what Redis
+// Cluster needs (cluster), since the scripts touch a run's keys together with the
+// queue's.
+func checkPrefix(p string, cluster bool) error {
+	i := strings.IndexAny(p, "{}")
+	if i < 0 {
+		if cluster {
+			return fmt.Errorf("prefix %q: on Redis Cluster the prefix must hold a hash tag, such as %q, so that all of the backend's keys share one slot", p, DefaultClusterPrefix)
+		}
+		return nil
+	}
+	j := strings.IndexByte(p[i+1:], '}')
+	if p[i] != '{' || j <= 0 || strings.ContainsAny(p[i+1+j+1:], "{}") {
+		return fmt.Errorf("prefix %q: braces mark a hash tag; use at most one, such as %q", p, DefaultClusterPrefix)
+	}
+	return nil
+}
+
+// parseOptions takes this backend's options out of u's query, leaving go-redis's, and
+// reports whether it names a cluster (cluster=true).
+func parseOptions(u *url.URL) (Options, string, bool, error) {
 	q := u.Query()
 	var o Options
 	take := func(name string) (string, bool) {
@@ -372,13 +439,13 @@ func parseOptions(u *url.URL) (Options, string, error) {
 	}
 	if p, ok := take("prefix"); ok {
 		if p == "" {
-			return o, "", errors.New("prefix= is empty")
+			return o, "", false, errors.New("prefix= is empty")
 		}
 		o.Prefix = p
 	}
 	ttl, set, err := duration("ttl")
 	if err != nil {
-		return o, "", err
+		return o, "", false, err
 	}
 	if set {
 		o.TTL = ttl
@@ -387,11 +454,11 @@ func parseOptions(u *url.URL) (Options, string, error) {
 		}
 	}
 	if o.Poll, _, err = duration("poll"); err != nil {
-		return o, "", err
+		return o, "", false, err
 	}
 	n, set, err := integer("maxdeliveries")
 	if err != nil {
-		return o, "", err
+		return o, "", false, err
 	}
 	if set {
 		o.MaxDeliveries = n
@@ -400,15 +467,25 @@ func parseOptions(u *url.URL) (Options, string, error) {
 		}
 	}
 	if o.MaxValue, _, err = integer("maxvalue"); err != nil {
-		return o, "", err
+		return o, "", false, err
 	}
 	ca, _ := take("ca")
+	cluster := false
+	if c, ok := take("cluster"); ok {
+		if cluster, err = strconv.ParseBool(c); err != nil {
+			return o, "", false, fmt.Errorf("cluster=%q: want true or false", c)
+		}
+	}
 	u.RawQuery = q.Encode()
-	return o, ca, nil
+	return o, ca, cluster, nil
 }
 
 // redact hides the password of u.
 func redact(u *url.URL) string { return u.Redacted() }
+
+// ScannedName names the reconciler's scanned count as the seed's Redis adapter does:
+// each run it looks at is one key (backend.ScanNamer).
+func (b *Backend) ScannedName() string { return "scannedKeys" }
 
 // Close stops the backend: blocked Dequeue and WaitRun calls return, and the
 // connections close.

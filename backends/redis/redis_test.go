@@ -28,31 +28,48 @@ import (
 
 const envURL = "FLOWGEN_TEST_REDIS"
 
+// envClusterURL names a Redis Cluster (scripts/services.sh start redis-cluster).
+const envClusterURL = "FLOWGEN_TEST_REDIS_CLUSTER"
+
 // TestMain fails the package at once, with what to do, when there is no server: these
 // tests are never skipped.
 func TestMain(m *testing.M) {
-	u := os.Getenv(envURL)
-	if u == "" {
-		fmt.Fprintf(os.Stderr, "FAIL: %s is not set: the redis backend's tests need a Redis server.\n"+
-			"Start a throwaway one and point the tests at it with\n"+
-			"\teval \"$(scripts/services.sh start redis)\"\n"+
-			"or run everything with scripts/dev.sh test.\n", envURL)
-		os.Exit(1)
-	}
-	opts, err := goredis.ParseURL(u)
-	if err == nil {
-		c := goredis.NewClient(opts)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = c.Ping(ctx).Err()
-		cancel()
-		c.Close()
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: %s=%s does not answer: %v\n"+
-			"Start a throwaway server with\n\teval \"$(scripts/services.sh start redis)\"\n", envURL, u, err)
-		os.Exit(1)
+	for _, env := range []string{envURL, envClusterURL} {
+		u := os.Getenv(env)
+		if u == "" {
+			fmt.Fprintf(os.Stderr, "FAIL: %s is not set: the redis backend's tests need a Redis server and a Redis Cluster.\n"+
+				"Start throwaway ones and point the tests at them with\n"+
+				"\teval \"$(scripts/services.sh start redis redis-cluster)\"\n"+
+				"or run everything with scripts/dev.sh test.\n", env)
+			os.Exit(1)
+		}
+		c, err := client(u)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = c.Ping(ctx).Err()
+			cancel()
+			c.Close()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: %s=%s does not answer: %v\n"+
+				"Start throwaway servers with\n\teval \"$(scripts/services.sh start redis redis-cluster)\"\n", env, u, err)
+			os.Exit(1)
+		}
 	}
 	os.Exit(m.Run())
+}
+
+// client is a go-redis client for a test server's URL (cluster=true: a cluster client).
+func client(rawURL string) (goredis.UniversalClient, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	_, ca, cluster, err := parseOptions(u)
+	if err != nil {
+		return nil, err
+	}
+	return newClient(u, cluster, ca)
 }
 
 var nameChars = regexp.MustCompile(`[^A-Za-z0-9]+`)
@@ -78,6 +95,9 @@ func prefixedURL(t testing.TB, base string, q ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if u.Query().Has("cluster") {
+		prefix = "{" + strings.TrimSuffix(prefix, ":") + "}:"
+	}
 	vals := u.Query()
 	vals.Set("prefix", prefix)
 	for _, kv := range q {
@@ -89,28 +109,36 @@ func prefixedURL(t testing.TB, base string, q ...string) string {
 	return u.String()
 }
 
-// deleteKeys deletes the keys under prefix (tests only: it SCANs).
+// deleteKeys deletes the keys under prefix (tests only: it SCANs every server).
 func deleteKeys(t testing.TB, base, prefix string) {
-	opts, err := goredis.ParseURL(base)
+	c, err := client(base)
 	if err != nil {
 		return
 	}
-	c := goredis.NewClient(opts)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	iter := c.Scan(ctx, 0, strings.NewReplacer("*", `\*`, "?", `\?`, "[", `\[`).Replace(prefix)+"*", 1000).Iterator()
-	var keys []string
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-		if len(keys) == 1000 {
-			c.Del(ctx, keys...)
-			keys = keys[:0]
+	pattern := strings.NewReplacer("*", `\*`, "?", `\?`, "[", `\[`, "{", `\{`, "}", `\}`).Replace(prefix) + "*"
+	del := func(ctx context.Context, c goredis.Cmdable) error {
+		// The keys of one prefix share a slot on a cluster, so one DEL can take many.
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			if keys = append(keys, iter.Val()); len(keys) == 500 {
+				c.Del(ctx, keys...)
+				keys = keys[:0]
+			}
 		}
+		if len(keys) > 0 {
+			c.Del(ctx, keys...)
+		}
+		return iter.Err()
 	}
-	if len(keys) > 0 {
-		c.Del(ctx, keys...)
+	if cc, ok := c.(*goredis.ClusterClient); ok {
+		_ = cc.ForEachMaster(ctx, func(ctx context.Context, m *goredis.Client) error { return del(ctx, m) })
+		return
 	}
+	_ = del(ctx, c)
 }
 
 // openT opens a backend on rawURL, closed when the test ends.
@@ -135,6 +163,19 @@ func TestConformance(t *testing.T) {
 	backendtest.Run(t, backendtest.Config{
 		Open: func(t *testing.T) (backend.Backend, string) {
 			u := testURL(t, "maxvalue=1048576")
+			return openT(t, u), u
+		},
+		MaxValueSize: 1 << 20,
+		Durable:      true,
+	})
+}
+
+// TestClusterConformance runs the conformance suite on a Redis Cluster of three
+// masters, with the prefix's hash tag holding every key of the backend in one slot.
+func TestClusterConformance(t *testing.T) {
+	backendtest.Run(t, backendtest.Config{
+		Open: func(t *testing.T) (backend.Backend, string) {
+			u := prefixedURL(t, os.Getenv(envClusterURL), "maxvalue=1048576")
 			return openT(t, u), u
 		},
 		MaxValueSize: 1 << 20,

@@ -296,7 +296,7 @@ func commandCalls(t *testing.T, b *Backend) map[string]int {
 
 func TestOptions(t *testing.T) {
 	u, _ := url.Parse("redis://h:1/2?prefix=p:&ttl=90&poll=250ms&maxdeliveries=0&maxvalue=10&pool_size=3")
-	o, ca, err := parseOptions(u)
+	o, ca, _, err := parseOptions(u)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,17 +307,31 @@ func TestOptions(t *testing.T) {
 		t.Fatalf("left for go-redis: %q", u.RawQuery)
 	}
 	u, _ = url.Parse("redis://h/0?ttl=0")
-	if o, _, _ := parseOptions(u); o.TTL >= 0 {
+	if o, _, _, _ := parseOptions(u); o.TTL >= 0 {
 		t.Fatalf("ttl=0 gives %v, want negative (keep)", o.TTL)
 	}
 	for _, bad := range []string{"ttl=soon", "poll=-1s", "maxdeliveries=x", "prefix="} {
 		u, _ := url.Parse("redis://h/0?" + bad)
-		if _, _, err := parseOptions(u); err == nil {
+		if _, _, _, err := parseOptions(u); err == nil {
 			t.Errorf("%s: no error", bad)
 		}
 	}
-	if _, err := Open(context.Background(), "redis://127.0.0.1:1/0?prefix=a{b}"); err == nil {
-		t.Error("a prefix with braces was accepted")
+	for _, p := range []string{"a{b", "a}b", "{}:", "{a}{b}:", "{a}}"} {
+		if err := checkPrefix(p, false); err == nil {
+			t.Errorf("prefix %q was accepted", p)
+		}
+	}
+	for _, p := range []string{"a:", "{a}:", "x{a}:"} {
+		if err := checkPrefix(p, false); err != nil {
+			t.Errorf("prefix %q: %v", p, err)
+		}
+	}
+	if err := checkPrefix("a:", true); err == nil {
+		t.Error("a cluster prefix without a hash tag was accepted")
+	}
+	u, _ = url.Parse("redis://h:1?addr=h:2&cluster=true")
+	if _, _, cluster, err := parseOptions(u); err != nil || !cluster || u.RawQuery != "addr=h%3A2" {
+		t.Errorf("cluster URL: cluster=%v, err=%v, left %q", cluster, err, u.RawQuery)
 	}
 }
 

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/flowgen/flowgen/backends/mem"
 	"github.com/flowgen/flowgen/runtime"
+	"github.com/flowgen/flowgen/runtime/backend"
 )
 
 func TestReconcileOnce(t *testing.T) {
@@ -29,6 +32,31 @@ func TestReconcileOnce(t *testing.T) {
 	}
 	if registered != 1 {
 		t.Errorf("register called %d times", registered)
+	}
+}
+
+// namedMem is the mem backend naming its scanned count, as the redis and aws
+// backends do.
+type namedMem struct{ *mem.Backend }
+
+func (namedMem) ScannedName() string { return "scannedThings" }
+
+func init() {
+	backend.Register("named-mem", func(context.Context, *url.URL) (backend.Backend, error) { return namedMem{mem.New()}, nil })
+}
+
+func TestReconcileStatsNameTheScannedCount(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), "w", []string{"reconcile", "-backend", "named-mem://"}, &stdout, &stderr, func(*runtime.Worker) {})
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var stats map[string]int
+	if err := json.Unmarshal(stdout.Bytes(), &stats); err != nil {
+		t.Fatalf("stdout %q: %v", stdout.String(), err)
+	}
+	if _, ok := stats["scannedThings"]; !ok || len(stats) != 4 {
+		t.Errorf("stats %v: want scannedThings, stalledRuns, reconciledRuns, failedRuns", stats)
 	}
 }
 
