@@ -13,21 +13,31 @@ import (
 )
 
 // pipe sends the commands that goroutines issue at the same time to Redis together, as
-// one pipeline (flat combining): a caller queues its command; if no pipeline is in
-// flight, it sends every command queued, its own included, in one round trip, hands
-// the others their replies, and passes the lead to the first caller that queued
-// meanwhile. Under load the batches grow by themselves; alone, a command goes out at
-// once from its caller's goroutine. Nothing blocking (no BLPOP, no SUBSCRIBE) goes
-// through it.
+// pipelines (flat combining) on a few lanes: a caller queues its command on a lane; if
+// no pipeline of that lane is in flight, it sends every command queued there, its own
+// included, in one round trip, hands the others their replies, and passes the lead to
+// the first caller that queued meanwhile. Under load the batches grow by themselves;
+// alone, a command goes out at once from its caller's goroutine. With two lanes, Redis
+// runs one batch while this process reads the replies of another and sends the next.
+// Nothing blocking (no BLPOP, no SUBSCRIBE) goes through it.
 type pipe struct {
 	rdb      goredis.UniversalClient
-	mu       sync.Mutex
-	queue    []*op
-	sending  bool // a caller is sending a pipeline
-	closed   bool
+	lanes    [lanes]lane
+	next     atomic.Uint32  // the lane a caller tries first when all are busy
 	inflight sync.WaitGroup // commands queued and not yet answered
 	trips    atomic.Int64   // pipelines sent: client round trips
 	calls    atomic.Int64   // commands and scripts sent
+}
+
+// lanes is how many pipelines of one process may be in flight at once.
+const lanes = 2
+
+// lane is a queue of commands with at most one pipeline in flight.
+type lane struct {
+	mu      sync.Mutex
+	queue   []*op
+	sending bool // a caller is sending this lane's pipeline
+	closed  bool
 }
 
 // op is one command in flight. script, when set, is the script an EVALSHA runs, sent
@@ -64,10 +74,27 @@ func newPipe(rdb goredis.UniversalClient) *pipe {
 
 // close waits for the commands queued; later commands fail.
 func (p *pipe) close() {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
+	for i := range p.lanes {
+		l := &p.lanes[i]
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+	}
 	p.inflight.Wait()
+}
+
+// lane picks the lane for a command: the first idle one, else the next in turn.
+func (p *pipe) lane() *lane {
+	for i := range p.lanes {
+		l := &p.lanes[i]
+		l.mu.Lock()
+		idle := !l.sending
+		l.mu.Unlock()
+		if idle {
+			return l
+		}
+	}
+	return &p.lanes[p.next.Add(1)%lanes]
 }
 
 // do sends args as one command and returns its reply.
@@ -96,21 +123,22 @@ func (p *pipe) run(ctx context.Context, s *script, args []any) (any, error) {
 	}
 	o := opPool.Get().(*op)
 	o.cmd, o.script = goredis.NewCmd(context.Background(), args...), s
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	l := p.lane()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
 		return nil, errClosed
 	}
 	p.inflight.Add(1)
-	p.queue = append(p.queue, o)
-	lead := !p.sending
-	p.sending = true
-	p.mu.Unlock()
+	l.queue = append(l.queue, o)
+	lead := !l.sending
+	l.sending = true
+	l.mu.Unlock()
 	// Once queued, the command goes out even if ctx ends, and the caller waits for its
 	// reply, so that what it did (a dequeued job, a committed transition) is never lost
 	// to it. Network timeouts bound the wait.
 	if lead || <-o.done == opLead {
-		p.send(o)
+		p.send(l, o)
 	}
 	v, err := o.cmd.Result()
 	o.cmd, o.script = nil, nil
@@ -121,14 +149,14 @@ func (p *pipe) run(ctx context.Context, s *script, args []any) (any, error) {
 	return v, err
 }
 
-// send sends every command queued, own among them, as one pipeline, answers them, and
-// passes the lead on to the first caller that queued meanwhile, if any.
-func (p *pipe) send(own *op) {
+// send sends every command queued on l, own among them, as one pipeline, answers them,
+// and passes the lead on to the first caller that queued meanwhile, if any.
+func (p *pipe) send(l *lane, own *op) {
 	ctx := context.Background()
-	p.mu.Lock()
-	batch := p.queue
-	p.queue = nil
-	p.mu.Unlock()
+	l.mu.Lock()
+	batch := l.queue
+	l.queue = nil
+	l.mu.Unlock()
 
 	pl := p.rdb.Pipeline()
 	for _, o := range batch {
@@ -148,14 +176,14 @@ func (p *pipe) send(own *op) {
 		}
 	}
 
-	p.mu.Lock()
+	l.mu.Lock()
 	var next *op
-	if len(p.queue) > 0 {
-		next = p.queue[0]
+	if len(l.queue) > 0 {
+		next = l.queue[0]
 	} else {
-		p.sending = false
+		l.sending = false
 	}
-	p.mu.Unlock()
+	l.mu.Unlock()
 	for _, o := range batch {
 		if o != own {
 			o.done <- opDone
