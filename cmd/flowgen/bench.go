@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	goruntime "runtime"
 	"strings"
+	"sync"
 	"text/tabwriter"
 
 	_ "github.com/flowgen/flowgen/backends/all" // every backend, for -backend
@@ -68,10 +69,14 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case *workers > 1:
 		cfg.Workers = *workers
 	}
+	// bench.Run cancels the workers' context when it returns; wait until they are
+	// gone, so that none outlives this command.
+	var procs sync.WaitGroup
 	start := func(ctx context.Context, n int) error {
-		return startBenchWorkers(ctx, n, *backendURL, *concurrency, stderr)
+		return startBenchWorkers(ctx, n, *backendURL, *concurrency, stderr, &procs)
 	}
 	results, err := bench.Run(ctx, cfg, start, stderr)
+	procs.Wait()
 	if err != nil {
 		return err
 	}
@@ -94,8 +99,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // startBenchWorkers starts n `flowgen bench -serve` processes on backendURL; they are
-// killed when ctx is done.
-func startBenchWorkers(ctx context.Context, n int, backendURL string, concurrency int, stderr io.Writer) error {
+// killed when ctx is done, and procs is done when they have exited.
+func startBenchWorkers(ctx context.Context, n int, backendURL string, concurrency int, stderr io.Writer, procs *sync.WaitGroup) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -106,7 +111,7 @@ func startBenchWorkers(ctx context.Context, n int, backendURL string, concurrenc
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start a bench worker: %w", err)
 		}
-		go func() { _ = cmd.Wait() }()
+		procs.Go(func() { _ = cmd.Wait() })
 	}
 	return nil
 }
