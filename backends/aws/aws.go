@@ -99,6 +99,12 @@ const (
 	DefaultInline = 1024
 	// MaxValueSize is the largest value, run input or run result the backend stores.
 	MaxValueSize = 100 << 10
+	// DefaultTTL is how long a finished run is kept before DynamoDB's TTL deletes it.
+	DefaultTTL = 24 * time.Hour
+	// DefaultTouch is how often, at most, progress refreshes a run's status mirror.
+	DefaultTouch = time.Second
+	// TTLAttribute is the TTL attribute of the coordination, statuses and contexts tables.
+	TTLAttribute = "expiresAt"
 )
 
 func init() {
@@ -119,12 +125,16 @@ type Options struct {
 	Create           bool
 	MaxReceives      int
 	Inline           int
+	// TTL is how long a finished run is kept (0: for ever); Touch is how often, at
+	// most, progress refreshes the lastUpdated of a run's status mirror.
+	TTL, Touch time.Duration
 }
 
 // ParseURL reads the options of an aws:// URL, filling in the defaults.
 func ParseURL(raw string) (Options, error) {
 	o := Options{Queue: DefaultQueue, Contexts: DefaultContextsTable, Statuses: DefaultStatusesTable,
-		Coordination: DefaultCoordinationTable, MaxReceives: DefaultMaxReceives, Inline: DefaultInline}
+		Coordination: DefaultCoordinationTable, MaxReceives: DefaultMaxReceives, Inline: DefaultInline,
+		TTL: DefaultTTL, Touch: DefaultTouch}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return o, fmt.Errorf("aws: parse URL: %w", err)
@@ -180,18 +190,35 @@ func ParseURL(raw string) (Options, error) {
 			*dst = n
 		}
 	}
+	for k, dst := range map[string]*time.Duration{"ttl": &o.TTL, "touch": &o.Touch} {
+		if q.Has(k) {
+			d, err := parseDuration(q.Get(k))
+			if err != nil || d < 0 {
+				return o, fmt.Errorf("aws: URL option %s=%q: want a duration such as 24h or 1s (or seconds), 0 or more", k, q.Get(k))
+			}
+			*dst = d
+		}
+	}
 	if o.Inline > MaxValueSize {
 		o.Inline = MaxValueSize
 	}
 	known := map[string]bool{"region": true, "queue": true, "dlq": true, "contexts": true, "statuses": true,
 		"coordination": true, "endpoint": true, "endpoint_sqs": true, "endpoint_dynamodb": true, "create": true,
-		"max_receives": true, "inline": true}
+		"max_receives": true, "inline": true, "ttl": true, "touch": true}
 	for k := range q {
 		if !known[k] {
 			return o, fmt.Errorf("aws: unknown URL option %q", k)
 		}
 	}
 	return o, nil
+}
+
+// parseDuration reads a Go duration, or a number of seconds.
+func parseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	return time.ParseDuration(s)
 }
 
 // Backend is the AWS backend. Its methods are safe for concurrent use.
