@@ -19,41 +19,142 @@
 //   - max_receives=N is the redrive policy's maxReceiveCount set by create=1 (default 50):
 //     the queue's own backstop for messages no worker manages to handle; the runtime
 //     dead-letters a job itself after its -max-deliveries.
-//   - inline=N stores state values up to N bytes inside the run's status item (default
-//     1024); larger values go to the contexts table, by reference.
+//   - inline=N stores state values up to N bytes inside the run's coordination item
+//     (default 1024); larger values go to the contexts table, by reference.
+//   - ttl=D keeps a finished run for D (a Go duration or seconds; default 24h, 0 keeps
+//     it for ever): the TTL attribute expiresAt (Unix seconds) is set on its items.
+//   - touch=D refreshes a running run's status mirror after progress at most every D
+//     (default 1s).
 //
 // # Layout
 //
-// The statuses table (hash key runId) holds one item per run: the run record (status,
-// lastUpdated, workflow, input, result, reason, …), the run's key-value state as one
-// binary attribute, and a version number. A global secondary index status-lastUpdated
-// (hash status, range lastUpdated) serves the reconciler's query for stalled runs.
+// The coordination table (hash key pk = run id) holds the truth: one item per run with
+// the run record (status, lastUpdated, workflow, input, result, reason, …), the run's
+// key-value state as one binary attribute, and a version ver. Every coordination fact
+// (completion records, routing decisions, per-predecessor join arrivals, claims,
+// counters) is a key of that state, so every transition is one conditional write of
+// the item: UpdateItem with the condition ver = :expected and ADD ver :one (an atomic
+// counter); creation is a PutItem with attribute_not_exists(pk).
+//
+// The statuses table (hash key runId) holds a mirror of each run for queries: status,
+// lastUpdated, created, workflow, result or failedNode and reason, parent, expiresAt,
+// and mver, the coordination version it mirrors. Its global secondary index
+// status-lastUpdated (hash status, range lastUpdated) serves the reconciler's query for
+// stalled runs and ListRuns by status; it is paginated. A mirror is written after the
+// coordination write that it follows, by a PutItem on the condition that the mirror it
+// replaces is older (absent, of an earlier run with the same id, or at a lower mver), so
+// that a late write never replaces a newer one. It is written when the run is created,
+// whenever its status, result or reason changes, and after progress when the last
+// mirror write is touch= old (the coordination item records when), so that a run's
+// lastUpdated stays fresh for the stalled-run query without a second write per node.
+// One exception: a finished run made running again (a rerun) has its mirror say so
+// before the coordination write, so that no crash can hide a running run from the
+// reconciler.
+//
+// The repair rule: Read reads only the coordination item. ListRuns finds candidates in
+// the statuses table (the index, or a scan without a status), reads their coordination
+// items (BatchGetItem, strongly consistent), returns the runs as those say and leaves out
+// those that no longer match the filter; a mirror older than its coordination item (a
+// crash between the two writes, or progress within touch=) is written again on the way.
+// CreateRun of an existing run repairs that run's mirror too (a crash after the
+// creation's first write). A run whose mirror does not match a filter that its truth
+// matches is missed until its next mirror write; for the reconciler's query that is
+// harmless, since a stalled run's mirror is at most touch= behind.
 //
 // The contexts table (hash runId, range ref) holds state values larger than inline=,
-// each under a fresh, unique ref written once before the status item that points at
-// it; they never change, so they are cached in memory.
+// each under a fresh, unique ref written once before the coordination write that
+// points at it; they never change, so they are cached in memory.
 //
-// The coordination table (hash key pk, TTL attribute expiresAt) is created by create=1
-// and `flowgen infra aws` for compatibility with other flowgen deployments; this design
-// does not need it, because every coordination fact (completion records, routing
-// decisions, join arrivals, claims, counters) is a key of the run's state, changed
-// only by version-conditional writes of the status item.
+// What each operation costs, in API calls: Read, 1 GetItem (+1 BatchGetItem for
+// uncached large values). A transition (Update), 1 consistent GetItem + 1 conditional
+// UpdateItem, +1 PutItem of the mirror when due (creation, status change, touch=), +1
+// PutItem or BatchWriteItem for large values, +1 SendMessageBatch per ten jobs; a lost
+// race repeats the GetItem and UpdateItem. A run's finish also stamps its contexts
+// items with the TTL (1 Query + 1 UpdateItem per item, only for runs that have any).
+// ListRuns, the pages of one Query or Scan + 1 BatchGetItem per 100 candidates + 1
+// PutItem per stale mirror.
 //
-// # Transitions
+// # TTL and expiry
 //
-// Update reads the status item (strongly consistent), runs the completion algorithm over
-// it, writes large values by reference, then writes the status item back with a
-// condition on its version (ConditionalCheckFailed is a normal outcome: the transition
-// is retried from the read, with jittered backoff). Only then are the transition's jobs
-// sent to SQS; a crash between the write and the send leaves claimed, incomplete node
-// instances that the reconciler enqueues again. A node therefore completes exactly once,
-// and a join arrival, being a key named after its predecessor, counts once.
+// When a run reaches a final status, the transition sets expiresAt = now + ttl= on its
+// coordination item and its mirror, then on its contexts items (a Query of the run's
+// items, best effort: ExpireRuns deletes what a crash there leaves). A rerun removes
+// them again. DynamoDB deletes expired items lazily (within days); until then the
+// backend treats an expired coordination item as absent, and CreateRun may reuse its id.
+// A subflow's child may thus expire while its parent runs if the parent outlives ttl=.
+// ExpireRuns (backend.Expirer) deletes finished runs older than a cutoff at once,
+// through the index, for servers without TTL (dynalite) and for exact retention.
+//
+// # Transitions and exactly once
+//
+// Update reads the coordination item (strongly consistent), runs the completion
+// algorithm over it, writes large values by reference, then writes the item back on
+// the condition that its version is still the one read. ConditionalCheckFailed is a
+// normal outcome: another transition won, and this one is run again from the read, with
+// jittered backoff. Only then are the mirror and the transition's jobs written; a crash
+// between the write and the send leaves claimed, incomplete node instances that the
+// reconciler enqueues again (following the routing recorded in the state). So a node
+// completes exactly once however often its job is delivered, and a join arrival, being
+// a key named after its predecessor, counts once.
+//
+// # Serverless (AWS Lambda)
+//
+// A Lambda with an SQS event source on the jobs queue can run nodes instead of polling
+// workers, through runtime.Worker.HandleMessage: the Backend implements
+// backend.MessageDecoder (DecodeMessage), and DeadLetter of such a delivery sends the
+// job to the dead-letter queue and deletes nothing (the event source deletes it). Use
+// batch size 1, or report partial batch failures (ReportBatchItemFailures), and a
+// visibility timeout longer than the longest node plus the function's overhead, since
+// nothing extends it:
+//
+//	var w *runtime.Worker // runtime.NewWorker(runtime.New(b), ...) with the workflows registered, in init
+//	var b *aws.Backend    // aws.Open(ctx, "aws://?queue=...") in init
+//
+//	func handler(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
+//		var resp events.SQSEventResponse
+//		for _, m := range ev.Records {
+//			if later, err := b.Postpone(ctx, []byte(m.Body)); err == nil && later {
+//				continue // delayed beyond SQS's 15 minutes: sent again with the rest
+//			}
+//			if err := w.HandleMessage(ctx, []byte(m.Body)); err != nil {
+//				resp.BatchItemFailures = append(resp.BatchItemFailures,
+//					events.SQSBatchItemFailure{ItemIdentifier: m.MessageId})
+//			}
+//		}
+//		return resp, nil
+//	}
+//
+//	func main() { lambda.Start(handler) } // github.com/aws/aws-lambda-go
+//
+// A failed message becomes visible again after the visibility timeout; the queue's
+// redrive policy (max_receives) moves messages that keep failing, and bodies that are
+// not jobs, to the dead-letter queue. Retries with backoff are new, delayed messages. The
+// event source's receive count is not in the body, so Deliveries counts only the copies
+// the backend made: a message that keeps failing is bounded by the redrive policy
+// (max_receives), not by the worker's max deliveries. Enable partial batch responses on
+// the event source mapping (FunctionResponseTypes: ReportBatchItemFailures).
+//
+// # What the local servers do not reproduce
+//
+// The tests run on dynalite and local-aws-sqs. They do not reproduce: eventual
+// consistency of global secondary indexes (on AWS the status-lastUpdated index lags
+// writes; ListRuns checks each candidate against the strongly consistent coordination
+// item, so a lagging index yields at most a missed or extra candidate, never a wrong
+// record); throttling (ProvisionedThroughputExceededException, ThrottlingException,
+// RequestLimitExceeded: the SDK's standard retryer retries them with backoff, 8
+// attempts, without a client-side retry quota; unprocessed BatchGetItem and
+// BatchWriteItem items are retried with jitter); TTL deletion (dynalite has no
+// UpdateTimeToLive: create=1 ignores the refusal; readers treat expired items as absent,
+// and ExpireRuns is the tested path); SQS's at-least-once duplicates and early
+// surfacing of long delays (handled by the exactly-once transitions and by sending
+// early jobs again). ConditionalCheckFailedException is never an error to them: it is
+// how a lost race is detected, and the backend handles it as such.
 //
 // # Limits
 //
 // Values, run inputs and results above MaxValueSize (100 KiB) fail with an error
-// wrapping backend.ErrTooLarge; a status item that would exceed DynamoDB's 400 KB fails
-// the same way. SQS delays and leases count in whole seconds: leases are rounded up,
+// wrapping backend.ErrTooLarge; a coordination item that would exceed DynamoDB's 400 KB
+// (many inline values) fails the same way. SQS delays and leases count in whole seconds: leases are rounded up,
 // delays are rounded up (a job is never delivered before its NotBefore), and a job
 // delayed longer than SQS's 15 minutes is sent again with the remaining delay when it
 // surfaces early. SQS neither orders nor prioritises: Job.Priority is carried but not
