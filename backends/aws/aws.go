@@ -335,6 +335,12 @@ type Backend struct {
 
 	refMu    sync.Mutex
 	refs     map[string][]byte // immutable referenced values, by runId + "/" + ref
+
+	// items caches the coordination item each run had when this process last read or
+	// wrote it; Update's first try starts from it instead of reading (the conditional
+	// write detects a stale copy, and the transition is then run again from a read).
+	itemMu sync.Mutex
+	items  map[string]*coordItem
 	refBytes int
 }
 
@@ -368,7 +374,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	if cfg.Region == "" {
 		return nil, fmt.Errorf("aws: no region: set region= in the URL or AWS_REGION")
 	}
-	b := &Backend{opts: o, refs: map[string][]byte{}}
+	b := &Backend{opts: o, refs: map[string][]byte{}, items: map[string]*coordItem{}}
 	b.sqs = sqs.NewFromConfig(cfg, func(so *sqs.Options) {
 		if o.EndpointSQS != "" {
 			so.BaseEndpoint = awssdk.String(o.EndpointSQS)

@@ -297,6 +297,7 @@ func (b *Backend) deleteRun(ctx context.Context, it *coordItem) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("aws: delete run %s: %w", it.PK, err)
 	}
+	b.forget(it.PK)
 	var keys []map[string]dtypes.AttributeValue
 	if err := b.eachRef(ctx, it.PK, func(key map[string]dtypes.AttributeValue) error {
 		keys = append(keys, key)

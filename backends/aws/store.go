@@ -204,9 +204,35 @@ func (b *Backend) load(ctx context.Context, id string) (*coordItem, error) {
 		return nil, fmt.Errorf("aws: decode run %s: %w", id, err)
 	}
 	if expired(it.ExpiresAt, time.Now()) {
+		b.forget(id)
 		return nil, backend.ErrNotFound
 	}
+	b.remember(&it)
 	return &it, nil
+}
+
+// maxItems bounds the coordination items cached.
+const maxItems = 4096
+
+func (b *Backend) remember(it *coordItem) {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	if len(b.items) >= maxItems {
+		clear(b.items)
+	}
+	b.items[it.PK] = it
+}
+
+func (b *Backend) forget(id string) {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	delete(b.items, id)
+}
+
+func (b *Backend) cached(id string) *coordItem {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	return b.items[id]
 }
 
 // values returns the values of refs of run id, from the cache or the contexts table.
@@ -531,7 +557,7 @@ func (t *tx) commit(prev *coordItem, lostRefs int64) (*coordItem, bool, error) {
 		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
 	}
 	names := map[string]string{}
-	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver)}
+	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver), ":c": num(prev.Created)}
 	var set, remove []string
 	for i, a := range coordAttrs {
 		n := "#a" + strconv.Itoa(i)
@@ -549,7 +575,7 @@ func (t *tx) commit(prev *coordItem, lostRefs int64) (*coordItem, bool, error) {
 	}
 	expr += " ADD ver :one"
 	_, err = t.b.ddb.UpdateItem(t.ctx, &dynamodb.UpdateItemInput{TableName: &t.b.opts.Coordination, Key: pkKey(t.id),
-		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v"),
+		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v AND created = :c"),
 		ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
 	if err != nil {
 		if isConditionFailed(err) {
@@ -582,6 +608,7 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 		}
 		return false, err
 	}
+	b.remember(it)
 	return true, b.afterCommit(ctx, nil, it, true, t.jobs)
 }
 
@@ -691,9 +718,16 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 	}
 	var lostRefs int64
 	for try := 0; ; try++ {
-		prev, err := b.load(ctx, id)
-		if err != nil {
-			return err
+		var prev *coordItem
+		if try == 0 {
+			prev = b.cached(id)
+		}
+		fromCache := prev != nil
+		if !fromCache {
+			var err error
+			if prev, err = b.load(ctx, id); err != nil {
+				return err
+			}
 		}
 		es, err := decodeState(prev.State)
 		if err != nil {
@@ -701,6 +735,9 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		}
 		t := &tx{b: b, ctx: ctx, id: id, run: *prev.run(), entries: es, writes: map[string][]byte{}}
 		if err := fn(t); err != nil {
+			if fromCache {
+				continue // the cached item may be stale: decide on a fresh read
+			}
 			return err
 		}
 		if backend.Status(prev.Status).Final() && !t.run.Status.Final() {
@@ -718,12 +755,17 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		}
 		it, mirror, err := t.commit(prev, lostRefs)
 		if err == nil {
+			b.remember(it)
 			return b.afterCommit(ctx, prev, it, mirror, t.jobs)
 		}
+		b.forget(id)
 		if !errors.Is(err, errConflict) {
 			return err
 		}
 		lostRefs += t.refsWritten
+		if fromCache {
+			continue // a stale cached item: read it now, at once
+		}
 		if try >= maxTries {
 			return fmt.Errorf("aws: run %s: %d transitions in a row lost to concurrent ones; giving up", id, try+1)
 		}
