@@ -335,13 +335,13 @@ type Backend struct {
 
 	refMu    sync.Mutex
 	refs     map[string][]byte // immutable referenced values, by runId + "/" + ref
+	refBytes int
 
 	// items caches the coordination item each run had when this process last read or
 	// wrote it; Update's first try starts from it instead of reading (the conditional
 	// write detects a stale copy, and the transition is then run again from a read).
 	itemMu sync.Mutex
 	items  map[string]*coordItem
-	refBytes int
 }
 
 // Open opens the backend an aws:// URL describes.
