@@ -146,10 +146,15 @@ func (b *Backend) truths(ctx context.Context, ms []statusItem) (map[string]*coor
 		}
 	}
 	for _, m := range ms {
-		if it := out[m.RunID]; it != nil && (it.Created != m.Created || it.Ver > m.MVer) {
-			// A stale mirror: a crash between a transition and its mirror write, or
-			// progress not mirrored yet (touch=).
-			if err := b.putMirror(ctx, mirrorOf(it), false); err != nil {
+		it := out[m.RunID]
+		if it == nil {
+			continue
+		}
+		if it.Created != m.Created || it.Ver > m.MVer || (it.Ver == m.MVer && (it.Status != m.Status || it.LastUpdated != m.LastUpdated)) {
+			// A stale mirror: a crash between a transition and its mirror write,
+			// progress not mirrored yet (touch=), or a status change's early mirror
+			// whose transition did not commit.
+			if err := b.putMirror(ctx, mirrorOf(it), true); err != nil {
 				return nil, err
 			}
 		}

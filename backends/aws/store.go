@@ -479,7 +479,7 @@ func num(n int64) *dtypes.AttributeValueMemberN {
 // still at prev's version (or absent, or expired, for a creation). lostRefs counts the
 // values that transitions lost to concurrent ones wrote before (so that the TTL stamp
 // finds them). It returns the new item and whether the status mirror is due.
-func (t *tx) commit(prev *coordItem, lostRefs int64) (*coordItem, bool, error) {
+func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it *coordItem) error) (*coordItem, bool, error) {
 	if err := t.check("run input", t.run.Input); err != nil {
 		return nil, false, err
 	}
@@ -528,7 +528,7 @@ func (t *tx) commit(prev *coordItem, lostRefs int64) (*coordItem, bool, error) {
 			it.ExpiresAt = now.Add(t.b.opts.TTL).Unix()
 		}
 	}
-	mirror := prev == nil || prev.Status != it.Status || !bytes.Equal(prev.Result, it.Result) ||
+	mirror := force || prev == nil || prev.Status != it.Status || !bytes.Equal(prev.Result, it.Result) ||
 		prev.FailedNode != it.FailedNode || prev.Reason != it.Reason || prev.ExpiresAt != it.ExpiresAt ||
 		now.UnixNano()-prev.Mirrored >= int64(t.b.opts.Touch)
 	if mirror {
@@ -552,6 +552,11 @@ func (t *tx) commit(prev *coordItem, lostRefs int64) (*coordItem, bool, error) {
 		return it, true, nil
 	}
 	it.Ver = prev.Ver
+	if before != nil {
+		if err := before(it); err != nil {
+			return nil, false, err
+		}
+	}
 	item, err := attributevalue.MarshalMap(it)
 	if err != nil {
 		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
@@ -601,7 +606,7 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 	if err := init(t); err != nil {
 		return false, err
 	}
-	it, _, err := t.commit(nil, 0)
+	it, _, err := t.commit(nil, 0, false, nil)
 	if err != nil {
 		if errors.Is(err, errConflict) {
 			return false, b.repairMirror(ctx, r.ID)
@@ -717,6 +722,7 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		return err
 	}
 	var lostRefs int64
+	force := false // a status change's early mirror was written, and its transition lost
 	for try := 0; ; try++ {
 		var prev *coordItem
 		if try == 0 {
@@ -740,20 +746,20 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 			}
 			return err
 		}
-		if backend.Status(prev.Status).Final() && !t.run.Status.Final() {
-			// A finished run runs again (a rerun): its mirror says so first, so that a
-			// crash before the commit cannot hide a running run from the reconciler's
-			// query. The mirror keeps prev's version, so the commit's mirror replaces it.
-			pre := *prev
-			r := t.run
-			r.ID, r.Updated = id, time.Now()
-			pre.setRun(&r)
-			pre.ExpiresAt = 0
-			if err := b.putMirror(ctx, mirrorOf(&pre), true); err != nil {
-				return err
+		var pre func(it *coordItem) error
+		if t.run.Status != backend.Status(prev.Status) {
+			// A status change: the mirror says so first, at prev's version, so that
+			// whoever reads the new status from the coordination item finds the run
+			// under that status in ListRuns, and so that no crash can hide a rerun's
+			// running run from the reconciler. The mirror write after the commit
+			// replaces it; a lost race is repaired (force, below, and ListRuns).
+			pre = func(it *coordItem) error {
+				m := mirrorOf(it)
+				m.MVer = prev.Ver
+				return b.putMirror(ctx, m, true)
 			}
 		}
-		it, mirror, err := t.commit(prev, lostRefs)
+		it, mirror, err := t.commit(prev, lostRefs, force, pre)
 		if err == nil {
 			b.remember(it)
 			return b.afterCommit(ctx, prev, it, mirror, t.jobs)
@@ -763,6 +769,7 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 			return err
 		}
 		lostRefs += t.refsWritten
+		force = force || pre != nil
 		if fromCache {
 			continue // a stale cached item: read it now, at once
 		}
