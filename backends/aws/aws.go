@@ -39,7 +39,8 @@
 // The statuses table (hash key runId) holds a mirror of each run for queries: status,
 // lastUpdated, created, workflow, result or failedNode and reason, parent, expiresAt,
 // and mver, the coordination version it mirrors. Its global secondary index
-// status-lastUpdated (hash status, range lastUpdated) serves the reconciler's query for
+// status-lastUpdated (hash status, range lastUpdated; projection INCLUDE created, mver,
+// workflow) serves the reconciler's query for
 // stalled runs and ListRuns by status; it is paginated. A mirror is written after the
 // coordination write that it follows, by a PutItem on the condition that the mirror it
 // replaces is older (absent, of an earlier run with the same id, or at a lower mver), so
@@ -47,32 +48,37 @@
 // whenever its status, result or reason changes, and after progress when the last
 // mirror write is touch= old (the coordination item records when), so that a run's
 // lastUpdated stays fresh for the stalled-run query without a second write per node.
-// One exception: a finished run made running again (a rerun) has its mirror say so
-// before the coordination write, so that no crash can hide a running run from the
-// reconciler.
+// A status change (a run finishing, or a finished run made running again by a rerun)
+// also writes the new mirror just before the coordination write, at the previous
+// version: whoever reads the new status with Read then finds the run under it in
+// ListRuns, and no crash between the writes can hide a running run from the reconciler.
 //
 // The repair rule: Read reads only the coordination item. ListRuns finds candidates in
 // the statuses table (the index, or a scan without a status), reads their coordination
 // items (BatchGetItem, strongly consistent), returns the runs as those say and leaves out
-// those that no longer match the filter; a mirror older than its coordination item (a
-// crash between the two writes, or progress within touch=) is written again on the way.
-// CreateRun of an existing run repairs that run's mirror too (a crash after the
-// creation's first write). A run whose mirror does not match a filter that its truth
-// matches is missed until its next mirror write; for the reconciler's query that is
-// harmless, since a stalled run's mirror is at most touch= behind.
+// those that no longer match the filter. A mirror that differs from its coordination
+// item (a lower mver: a crash between the two writes, or progress within touch=; the
+// same mver with another status or lastUpdated: a status change's early mirror whose
+// transition did not commit) is written again on the way. CreateRun of an existing run
+// repairs that run's mirror too (a crash after the creation's first write). A run whose
+// mirror does not match a filter that its truth matches is missed until its next mirror
+// write; for the reconciler's query that is harmless, since a stalled run's mirror is
+// at most touch= behind its truth.
 //
 // The contexts table (hash runId, range ref) holds state values larger than inline=,
 // each under a fresh, unique ref written once before the coordination write that
 // points at it; they never change, so they are cached in memory.
 //
 // What each operation costs, in API calls: Read, 1 GetItem (+1 BatchGetItem for
-// uncached large values). A transition (Update), 1 consistent GetItem + 1 conditional
-// UpdateItem, +1 PutItem of the mirror when due (creation, status change, touch=), +1
-// PutItem or BatchWriteItem for large values, +1 SendMessageBatch per ten jobs; a lost
-// race repeats the GetItem and UpdateItem. A run's finish also stamps its contexts
-// items with the TTL (1 Query + 1 UpdateItem per item, only for runs that have any).
-// ListRuns, the pages of one Query or Scan + 1 BatchGetItem per 100 candidates + 1
-// PutItem per stale mirror.
+// uncached large values). A transition (Update), 1 conditional UpdateItem, preceded by
+// a consistent GetItem unless this process holds the item as it last read or wrote it
+// (a node's Read just before its completion leaves it there; a stale copy costs one
+// failed conditional write, then the read), +1 PutItem of the mirror when due
+// (creation, touch=; a status change 2), +1 PutItem or BatchWriteItem for large values,
+// +1 SendMessageBatch per ten jobs; a lost race repeats the GetItem and UpdateItem. A
+// run's finish also stamps its contexts items with the TTL (1 Query + 1 UpdateItem per
+// item, only for runs that have any). ListRuns, the pages of one Query or Scan + 1
+// BatchGetItem per 100 candidates + 1 PutItem per stale mirror.
 //
 // # TTL and expiry
 //
@@ -87,8 +93,8 @@
 //
 // # Transitions and exactly once
 //
-// Update reads the coordination item (strongly consistent), runs the completion
-// algorithm over it, writes large values by reference, then writes the item back on
+// Update reads the coordination item (strongly consistent, or the copy this process
+// last read or wrote), runs the completion algorithm over it, writes large values by reference, then writes the item back on
 // the condition that its version is still the one read. ConditionalCheckFailed is a
 // normal outcome: another transition won, and this one is run again from the read, with
 // jittered backoff. Only then are the mirror and the transition's jobs written; a crash
@@ -207,6 +213,10 @@ const (
 	// TTLAttribute is the TTL attribute of the coordination, statuses and contexts tables.
 	TTLAttribute = "expiresAt"
 )
+
+// IndexAttributes are the non-key attributes the status-lastUpdated index projects
+// (projection INCLUDE).
+var IndexAttributes = []string{"created", "mver", "workflow"}
 
 func init() {
 	backend.Register("aws", func(ctx context.Context, u *url.URL) (backend.Backend, error) {

@@ -64,9 +64,11 @@ func (b *Backend) create(ctx context.Context) error {
 			AttributeDefinitions: attrDefs("runId", s, "status", s, "lastUpdated", n),
 			KeySchema:            keySchema("runId", ""),
 			GlobalSecondaryIndexes: []dtypes.GlobalSecondaryIndex{{
-				IndexName:  awssdk.String(StatusIndex),
-				KeySchema:  keySchema("status", "lastUpdated"),
-				Projection: &dtypes.Projection{ProjectionType: dtypes.ProjectionTypeAll},
+				IndexName: awssdk.String(StatusIndex),
+				KeySchema: keySchema("status", "lastUpdated"),
+				// The index serves candidates: keys, plus what ListRuns filters and
+				// checks on (the result stays out of the index's writes).
+				Projection: &dtypes.Projection{ProjectionType: dtypes.ProjectionTypeInclude, NonKeyAttributes: IndexAttributes},
 			}},
 		},
 		{

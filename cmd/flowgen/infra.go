@@ -37,7 +37,7 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("flowgen infra aws", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	// The defaults are backends/aws's.
-	c := awsInfra{TTLAttribute: aws.TTLAttribute, StatusIndex: aws.StatusIndex}
+	c := awsInfra{TTLAttribute: aws.TTLAttribute, StatusIndex: aws.StatusIndex, IndexAttributes: aws.IndexAttributes}
 	format := fs.String("format", "both", "what to print: `cli` (AWS CLI commands), terraform, or both")
 	fs.StringVar(&c.Queue, "queue", aws.DefaultQueue, "SQS job queue `name` (URL: queue=)")
 	fs.StringVar(&c.DLQ, "dlq", "", "dead-letter queue `name` (URL: dlq=; default: the queue's name + \"-dlq\")")
@@ -72,7 +72,7 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 		if i > 0 {
 			fmt.Fprintln(stdout)
 		}
-		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident}).Parse(src))
+		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident, "join": strings.Join}).Parse(src))
 		if err := t.Execute(stdout, c); err != nil {
 			return err
 		}
@@ -84,6 +84,7 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 type awsInfra struct {
 	Queue, DLQ, Contexts, Statuses, Coordination string
 	TTLAttribute, StatusIndex                    string
+	IndexAttributes                              []string
 	MaxReceives                                  int
 	Region, RegionFlag                           string
 	Ident                                        func(string) string
@@ -110,7 +111,7 @@ aws dynamodb create-table{{.RegionFlag}} --table-name {{.Coordination}} \
 aws dynamodb create-table{{.RegionFlag}} --table-name {{.Statuses}} \
   --attribute-definitions AttributeName=runId,AttributeType=S AttributeName=status,AttributeType=S AttributeName=lastUpdated,AttributeType=N \
   --key-schema AttributeName=runId,KeyType=HASH \
-  --global-secondary-indexes 'IndexName={{.StatusIndex}},KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=lastUpdated,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
+  --global-secondary-indexes 'IndexName={{.StatusIndex}},KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=lastUpdated,KeyType=RANGE}],Projection={ProjectionType=INCLUDE,NonKeyAttributes=[{{join .IndexAttributes ","}}]}' \
   --billing-mode PAY_PER_REQUEST
 
 # Contexts: state values too large for the coordination item, by reference.
@@ -165,7 +166,8 @@ resource "aws_dynamodb_table" "{{ident .Statuses}}" {
     name            = "{{.StatusIndex}}"
     hash_key        = "status"
     range_key       = "lastUpdated"
-    projection_type = "ALL"
+    projection_type    = "INCLUDE"
+    non_key_attributes = [{{range $i, $a := .IndexAttributes}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
   }
 
   ttl {
