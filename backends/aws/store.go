@@ -592,6 +592,9 @@ func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it 
 	return it, mirror, nil
 }
 
+// afterCommitTimeout bounds the writes that follow a committed transition.
+const afterCommitTimeout = 30 * time.Second
+
 // maxTries bounds the optimistic retries of one transition.
 const maxTries = 200
 
@@ -627,7 +630,7 @@ func (b *Backend) repairMirror(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return b.putMirror(ctx, mirrorOf(it), false)
+	return b.putMirror(ctx, mirrorOf(it), true)
 }
 
 // afterCommit does what follows a committed transition from prev to it: the status
@@ -635,6 +638,10 @@ func (b *Backend) repairMirror(ctx context.Context, id string) error {
 // items when the run became final (or running again). The jobs are sent even when the
 // mirror write fails; the error reports it.
 func (b *Backend) afterCommit(ctx context.Context, prev, it *coordItem, mirror bool, jobs []backend.Job) error {
+	// The transition is done: its follow-ups are not abandoned when the caller's ctx
+	// ends (a worker shutting down), only bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterCommitTimeout)
+	defer cancel()
 	var errs []error
 	if mirror {
 		if err := b.putMirror(ctx, mirrorOf(it), false); err != nil {
@@ -722,7 +729,15 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		return err
 	}
 	var lostRefs int64
-	force := false // a status change's early mirror was written, and its transition lost
+	force := false // a status change's early mirror was written: the mirror is due whatever the retry changes
+	done := false
+	defer func() {
+		if force && !done {
+			// An early mirror of a transition that never committed: put back the
+			// truth's (best effort; ListRuns repairs it too).
+			_ = b.repairMirror(context.WithoutCancel(ctx), id)
+		}
+	}()
 	for try := 0; ; try++ {
 		var prev *coordItem
 		if try == 0 {
@@ -754,6 +769,7 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 			// running run from the reconciler. The mirror write after the commit
 			// replaces it; a lost race is repaired (force, below, and ListRuns).
 			pre = func(it *coordItem) error {
+				force = true // set before the write: its outcome is unknown on error
 				m := mirrorOf(it)
 				m.MVer = prev.Ver
 				return b.putMirror(ctx, m, true)
@@ -761,6 +777,7 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		}
 		it, mirror, err := t.commit(prev, lostRefs, force, pre)
 		if err == nil {
+			done = true
 			b.remember(it)
 			return b.afterCommit(ctx, prev, it, mirror, t.jobs)
 		}
@@ -769,7 +786,6 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 			return err
 		}
 		lostRefs += t.refsWritten
-		force = force || pre != nil
 		if fromCache {
 			continue // a stale cached item: read it now, at once
 		}
