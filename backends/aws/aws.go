@@ -202,7 +202,7 @@ const (
 	StatusIndex = "status-lastUpdated"
 	// DefaultMaxReceives is the redrive policy's maxReceiveCount that create=1 sets.
 	DefaultMaxReceives = 50
-	// DefaultInline is the largest state value kept inside the status item.
+	// DefaultInline is the largest state value kept inside the coordination item.
 	DefaultInline = 1024
 	// MaxValueSize is the largest value, run input or run result the backend stores.
 	MaxValueSize = 100 << 10
@@ -226,16 +226,23 @@ func init() {
 
 // Options are the backend's settings, normally read from its URL.
 type Options struct {
-	Region           string
-	Queue, DLQ       string // names or queue URLs
-	Contexts         string
-	Statuses         string
-	Coordination     string
+	// Region overrides the SDK's region (region=).
+	Region string
+	// Queue and DLQ are the jobs queue and its dead-letter queue: names or queue URLs.
+	Queue, DLQ string
+	// Contexts, Statuses and Coordination are the DynamoDB tables' names.
+	Contexts     string
+	Statuses     string
+	Coordination string
+	// EndpointSQS and EndpointDynamoDB point the clients at other servers.
 	EndpointSQS      string
 	EndpointDynamoDB string
-	Create           bool
-	MaxReceives      int
-	Inline           int
+	// Create creates missing queues and tables (create=1).
+	Create bool
+	// MaxReceives is the redrive policy's maxReceiveCount that Create sets.
+	MaxReceives int
+	// Inline is the largest state value kept inside the coordination item.
+	Inline int
 	// TTL is how long a finished run is kept (0: for ever); Touch is how often, at
 	// most, progress refreshes the lastUpdated of a run's status mirror.
 	TTL, Touch time.Duration
@@ -426,7 +433,8 @@ func counter(n *atomic.Int64) func(*middleware.Stack) error {
 	}
 }
 
-// Counters reports the API calls made so far: "sqs_calls" and "dynamodb_calls".
+// Counters reports the API calls made so far, per service: "sqs_calls" and
+// "dynamodb_calls" (backend.Metered; SDK retries are not counted).
 func (b *Backend) Counters(context.Context) (map[string]float64, error) {
 	return map[string]float64{
 		"sqs_calls":      float64(b.sqsCalls.Load()),

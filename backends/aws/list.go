@@ -168,8 +168,9 @@ func matches(r *backend.Run, f backend.RunFilter) bool {
 		(f.UpdatedBefore.IsZero() || r.Updated.Before(f.UpdatedBefore))
 }
 
-// ListRuns lists runs newest first. It finds candidates in the statuses table (see
-// candidates), newest first, then reads their coordination items, 100 at a time, and
+// ListRuns lists runs newest first. It finds candidates in the statuses table (with a
+// status, a paginated Query of the status-lastUpdated index, UpdatedBefore as a key
+// condition; without one, a paginated Scan), newest first, then reads their coordination items, 100 at a time, and
 // returns the runs as those record them, leaving out those that no longer match f, until
 // it has f.Limit runs. A stale mirror met on the way is repaired. A run whose mirror does
 // not match f while its coordination item does is missed: its mirror is stale after a
