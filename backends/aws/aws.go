@@ -43,8 +43,9 @@
 // workflow) serves the reconciler's query for
 // stalled runs and ListRuns by status; it is paginated. A mirror is written after the
 // coordination write that it follows, by a PutItem on the condition that the mirror it
-// replaces is older (absent, of an earlier run with the same id, or at a lower mver), so
-// that a late write never replaces a newer one. It is written when the run is created,
+// replaces is older (absent, of an earlier run with the same id, or at a lower mver; a
+// creation replaces any mirror of another run with its id; a repair replaces exactly
+// the mirror it read), so that a late write never replaces a newer one. It is written when the run is created,
 // whenever its status, result or reason changes, and after progress when the last
 // mirror write is touch= old (the coordination item records when), so that a run's
 // lastUpdated stays fresh for the stalled-run query without a second write per node.
@@ -86,7 +87,8 @@
 // coordination item and its mirror, then on its contexts items (a Query of the run's
 // items, best effort: ExpireRuns deletes what a crash there leaves). A rerun removes
 // them again. DynamoDB deletes expired items lazily (within days); until then the
-// backend treats an expired coordination item as absent, and CreateRun may reuse its id.
+// backend treats an expired coordination item as absent (reads, and the conditions of
+// transitions, which compare expiresAt with the time), and CreateRun may reuse its id.
 // A subflow's child may thus expire while its parent runs if the parent outlives ttl=.
 // ExpireRuns (backend.Expirer) deletes finished runs older than a cutoff at once,
 // through the index, for servers without TTL (dynalite) and for exact retention.

@@ -154,7 +154,7 @@ func (b *Backend) truths(ctx context.Context, ms []statusItem) (map[string]*coor
 			// A stale mirror: a crash between a transition and its mirror write,
 			// progress not mirrored yet (touch=), or a status change's early mirror
 			// whose transition did not commit.
-			if err := b.putMirror(ctx, mirrorOf(it), true); err != nil {
+			if err := b.repairMirrorOver(ctx, it, &m); err != nil {
 				return nil, err
 			}
 		}

@@ -562,7 +562,7 @@ func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it 
 		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
 	}
 	names := map[string]string{}
-	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver), ":c": num(prev.Created)}
+	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver), ":c": num(prev.Created), ":now": num(now.Unix())}
 	var set, remove []string
 	for i, a := range coordAttrs {
 		n := "#a" + strconv.Itoa(i)
@@ -580,7 +580,7 @@ func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it 
 	}
 	expr += " ADD ver :one"
 	_, err = t.b.ddb.UpdateItem(t.ctx, &dynamodb.UpdateItemInput{TableName: &t.b.opts.Coordination, Key: pkKey(t.id),
-		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v AND created = :c"),
+		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v AND created = :c AND (attribute_not_exists(expiresAt) OR expiresAt > :now)"),
 		ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
 	if err != nil {
 		if isConditionFailed(err) {
@@ -630,7 +630,7 @@ func (b *Backend) repairMirror(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return b.putMirror(ctx, mirrorOf(it), true)
+	return b.putMirror(ctx, mirrorOf(it), mirrorNewerOrEqual)
 }
 
 // afterCommit does what follows a committed transition from prev to it: the status
@@ -644,7 +644,11 @@ func (b *Backend) afterCommit(ctx context.Context, prev, it *coordItem, mirror b
 	defer cancel()
 	var errs []error
 	if mirror {
-		if err := b.putMirror(ctx, mirrorOf(it), false); err != nil {
+		cond := mirrorNewer
+		if prev == nil {
+			cond = mirrorCreated
+		}
+		if err := b.putMirror(ctx, mirrorOf(it), cond); err != nil {
 			errs = append(errs, fmt.Errorf("aws: run %s: transition committed, but its status mirror was not written (ListRuns repairs it): %w", it.PK, err))
 		}
 	}
@@ -660,24 +664,48 @@ func (b *Backend) afterCommit(ctx context.Context, prev, it *coordItem, mirror b
 	return errors.Join(errs...)
 }
 
-// putMirror writes a status mirror item on the condition that the one it replaces is
-// older: absent, of an earlier incarnation of the run id (created earlier), or at an
-// older version (orEqual: or the same one). A failed condition is not an error: a newer
-// mirror is in place.
-func (b *Backend) putMirror(ctx context.Context, m *statusItem, orEqual bool) error {
+// Mirror write conditions: putMirror replaces only an older mirror.
+const (
+	// mirrorNewer: absent, of an earlier run with the same id, or at a lower version.
+	mirrorNewer = "attribute_not_exists(runId) OR created < :c OR (created = :c AND mver < :v)"
+	// mirrorNewerOrEqual: the same, or at the same version (an early mirror, a repair).
+	mirrorNewerOrEqual = "attribute_not_exists(runId) OR created < :c OR (created = :c AND mver <= :v)"
+	// mirrorCreated: a run just created replaces any mirror of another run with its id.
+	mirrorCreated = "attribute_not_exists(runId) OR created <> :c"
+)
+
+// putMirror writes a status mirror item on condition cond (one of the mirror…
+// conditions), so that a late write never replaces a newer mirror. A failed condition
+// is not an error: a newer mirror is in place.
+func (b *Backend) putMirror(ctx context.Context, m *statusItem, cond string) error {
 	item, err := attributevalue.MarshalMap(m)
 	if err != nil {
 		return fmt.Errorf("aws: encode the status of run %s: %w", m.RunID, err)
 	}
-	cmp := "<"
-	if orEqual {
-		cmp = "<="
+	vals := map[string]dtypes.AttributeValue{":c": num(m.Created)}
+	if cond != mirrorCreated {
+		vals[":v"] = num(m.MVer)
 	}
 	_, err = b.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: &b.opts.Statuses, Item: item,
-		ConditionExpression:       awssdk.String("attribute_not_exists(runId) OR created < :c OR (created = :c AND mver " + cmp + " :v)"),
-		ExpressionAttributeValues: map[string]dtypes.AttributeValue{":c": num(m.Created), ":v": num(m.MVer)}})
+		ConditionExpression: &cond, ExpressionAttributeValues: vals})
 	if err != nil && !isConditionFailed(err) {
 		return fmt.Errorf("aws: write the status of run %s: %w", m.RunID, tooLarge(err))
+	}
+	return nil
+}
+
+// repairMirrorOver replaces the mirror observed (created and mver as read) with the
+// mirror of it, unless the mirror changed since it was read.
+func (b *Backend) repairMirrorOver(ctx context.Context, it *coordItem, observed *statusItem) error {
+	item, err := attributevalue.MarshalMap(mirrorOf(it))
+	if err != nil {
+		return fmt.Errorf("aws: encode the status of run %s: %w", it.PK, err)
+	}
+	_, err = b.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: &b.opts.Statuses, Item: item,
+		ConditionExpression:       awssdk.String("created = :oc AND mver = :ov"),
+		ExpressionAttributeValues: map[string]dtypes.AttributeValue{":oc": num(observed.Created), ":ov": num(observed.MVer)}})
+	if err != nil && !isConditionFailed(err) {
+		return fmt.Errorf("aws: repair the status of run %s: %w", it.PK, tooLarge(err))
 	}
 	return nil
 }
@@ -772,7 +800,7 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 				force = true // set before the write: its outcome is unknown on error
 				m := mirrorOf(it)
 				m.MVer = prev.Ver
-				return b.putMirror(ctx, m, true)
+				return b.putMirror(ctx, m, mirrorNewerOrEqual)
 			}
 		}
 		it, mirror, err := t.commit(prev, lostRefs, force, pre)

@@ -3,6 +3,7 @@ package aws
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -121,4 +122,47 @@ func ids(rs []*backend.Run) []string {
 		out[i] = r.ID
 	}
 	return out
+}
+
+// TestTTL checks what a passed TTL means before DynamoDB deletes the items (dynalite
+// never does): the run is gone for Read, Update (even from this process's cached copy)
+// and ListRuns, and its id can be used again, even by a run with an older creation time.
+func TestTTL(t *testing.T) {
+	b, _ := open(t, "ttl=1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now := time.Now()
+	if ok, err := b.CreateRun(ctx, &backend.Run{ID: "r", Workflow: "wf", Status: backend.Running, Created: now, Updated: now},
+		func(tx backend.Tx) error { return tx.Put("k", []byte("old")) }); err != nil || !ok {
+		t.Fatalf("CreateRun = %v, %v", ok, err)
+	}
+	if err := b.Update(ctx, "r", func(tx backend.Tx) error { tx.Run().Status = backend.Completed; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := b.ListRuns(ctx, backend.RunFilter{Status: backend.Completed}); err != nil || len(rs) != 1 {
+		t.Fatalf("ListRuns(completed) = %v, %v; want r", ids(rs), err)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if _, _, err := b.Read(ctx, "r"); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("Read of an expired run = %v, want ErrNotFound", err)
+	}
+	// The cached copy is still there: the conditional write must refuse it.
+	b.remember(&coordItem{PK: "r", Status: "completed", Created: now.UnixNano(), Ver: 3, ExpiresAt: time.Now().Add(time.Hour).Unix()})
+	if err := b.Update(ctx, "r", func(tx backend.Tx) error { tx.Run().Status = backend.Running; return nil }); !errors.Is(err, backend.ErrNotFound) {
+		t.Errorf("Update of an expired run = %v, want ErrNotFound", err)
+	}
+	if rs, err := b.ListRuns(ctx, backend.RunFilter{}); err != nil || len(rs) != 0 {
+		t.Errorf("ListRuns = %v, %v; want no run", ids(rs), err)
+	}
+	older := now.Add(-time.Hour)
+	if ok, err := b.CreateRun(ctx, &backend.Run{ID: "r", Workflow: "wf2", Status: backend.Running, Created: older, Updated: older},
+		func(backend.Tx) error { return nil }); err != nil || !ok {
+		t.Fatalf("CreateRun over an expired run = %v, %v; want created", ok, err)
+	}
+	if r, vals, err := b.Read(ctx, "r", "k"); err != nil || r.Workflow != "wf2" || len(vals) != 0 {
+		t.Errorf("Read of the new run = %+v, %v, %v", r, vals, err)
+	}
+	if rs, err := b.ListRuns(ctx, backend.RunFilter{Status: backend.Running}); err != nil || len(rs) != 1 || rs[0].Workflow != "wf2" {
+		t.Errorf("ListRuns(running) = %v, %v; want the new r", ids(rs), err)
+	}
 }
