@@ -657,7 +657,7 @@ func (b *Backend) afterCommit(ctx context.Context, prev, it *coordItem, mirror b
 			errs = append(errs, fmt.Errorf("aws: run %s: transition committed, but its jobs were not sent (the reconciler will send them again): %w", it.PK, err))
 		}
 	}
-	if it.Refs > 0 && (prev == nil || prev.ExpiresAt != it.ExpiresAt) {
+	if it.Refs > 0 && ((prev == nil && it.ExpiresAt != 0) || (prev != nil && prev.ExpiresAt != it.ExpiresAt)) {
 		// Best effort: ExpireRuns deletes what this misses.
 		_ = b.stampContexts(ctx, it.PK, it.ExpiresAt)
 	}
