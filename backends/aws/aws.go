@@ -121,10 +121,13 @@
 //	func handler(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
 //		var resp events.SQSEventResponse
 //		for _, m := range ev.Records {
-//			if later, err := b.Postpone(ctx, []byte(m.Body)); err == nil && later {
-//				continue // delayed beyond SQS's 15 minutes: sent again with the rest
+//			// A job delayed beyond SQS's 15 minutes surfaces early: Postpone sends
+//			// it again with the rest of its delay, and this message is done.
+//			later, err := b.Postpone(ctx, []byte(m.Body))
+//			if err == nil && !later {
+//				err = w.HandleMessage(ctx, []byte(m.Body))
 //			}
-//			if err := w.HandleMessage(ctx, []byte(m.Body)); err != nil {
+//			if err != nil { // the message becomes visible again
 //				resp.BatchItemFailures = append(resp.BatchItemFailures,
 //					events.SQSBatchItemFailure{ItemIdentifier: m.MessageId})
 //			}
