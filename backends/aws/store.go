@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -561,24 +562,39 @@ func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it 
 	if err != nil {
 		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
 	}
+	old, err := attributevalue.MarshalMap(prev)
+	if err != nil {
+		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
+	}
+	// The write names only the attributes that differ from prev's: the condition on
+	// the version makes prev exactly what it changes.
 	names := map[string]string{}
 	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver), ":c": num(prev.Created), ":now": num(now.Unix())}
 	var set, remove []string
 	for i, a := range coordAttrs {
 		n := "#a" + strconv.Itoa(i)
-		names[n] = a
-		if v, ok := item[a]; ok {
+		v, ok := item[a]
+		o, had := old[a]
+		switch {
+		case ok && !(had && reflect.DeepEqual(v, o)):
+			names[n] = a
 			vals[":a"+strconv.Itoa(i)] = v
 			set = append(set, n+" = :a"+strconv.Itoa(i))
-		} else {
+		case !ok && had:
+			names[n] = a
 			remove = append(remove, n)
 		}
 	}
-	expr := "SET " + strings.Join(set, ", ")
+	expr := "ADD ver :one"
+	if len(set) > 0 {
+		expr = "SET " + strings.Join(set, ", ") + " " + expr
+	}
 	if len(remove) > 0 {
 		expr += " REMOVE " + strings.Join(remove, ", ")
 	}
-	expr += " ADD ver :one"
+	if len(names) == 0 {
+		names = nil // DynamoDB refuses an empty map
+	}
 	_, err = t.b.ddb.UpdateItem(t.ctx, &dynamodb.UpdateItemInput{TableName: &t.b.opts.Coordination, Key: pkKey(t.id),
 		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v AND created = :c AND (attribute_not_exists(expiresAt) OR expiresAt > :now)"),
 		ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
