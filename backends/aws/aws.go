@@ -71,7 +71,8 @@
 // points at it; they never change, so they are cached in memory.
 //
 // What each operation costs, in API calls: Read, 1 GetItem (+1 BatchGetItem for
-// uncached large values). A transition (Update), 1 conditional UpdateItem, preceded by
+// uncached large values). A transition (Update), 1 conditional UpdateItem (naming only
+// the attributes that change; DynamoDB bills the whole item's size), preceded by
 // a consistent GetItem unless this process holds the item as it last read or wrote it
 // (a node's Read just before its completion leaves it there; a stale copy costs one
 // failed conditional write, then the read), +1 PutItem of the mirror when due
