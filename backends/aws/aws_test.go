@@ -81,12 +81,17 @@ func openFresh(ctx context.Context) (*Backend, string, error) {
 	return b, u, err
 }
 
-// open returns a backend on fresh resources, dropped when the test ends, and its URL.
-func open(t testing.TB) (*Backend, string) {
+// open returns a backend on fresh resources, dropped when the test ends, and its URL;
+// extra is appended to the URL's query.
+func open(t testing.TB, extra ...string) (*Backend, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, u, err := openFresh(ctx)
+	u := freshURL()
+	for _, e := range extra {
+		u += "&" + e
+	}
+	b, err := Open(ctx, u)
 	if err != nil {
 		t.Fatal(err)
 	}

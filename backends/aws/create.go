@@ -64,9 +64,11 @@ func (b *Backend) create(ctx context.Context) error {
 			AttributeDefinitions: attrDefs("runId", s, "status", s, "lastUpdated", n),
 			KeySchema:            keySchema("runId", ""),
 			GlobalSecondaryIndexes: []dtypes.GlobalSecondaryIndex{{
-				IndexName:  awssdk.String(StatusIndex),
-				KeySchema:  keySchema("status", "lastUpdated"),
-				Projection: &dtypes.Projection{ProjectionType: dtypes.ProjectionTypeAll},
+				IndexName: awssdk.String(StatusIndex),
+				KeySchema: keySchema("status", "lastUpdated"),
+				// The index serves candidates: keys, plus what ListRuns filters and
+				// checks on (the result stays out of the index's writes).
+				Projection: &dtypes.Projection{ProjectionType: dtypes.ProjectionTypeInclude, NonKeyAttributes: IndexAttributes},
 			}},
 		},
 		{
@@ -91,10 +93,12 @@ func (b *Backend) create(ctx context.Context) error {
 			return err
 		}
 	}
-	// TTL on the coordination table. Servers that lack UpdateTimeToLive (dynalite)
-	// refuse it; nothing depends on it, so that is not an error.
-	_, _ = b.ddb.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{TableName: awssdk.String(o.Coordination),
-		TimeToLiveSpecification: &dtypes.TimeToLiveSpecification{AttributeName: awssdk.String("expiresAt"), Enabled: awssdk.Bool(true)}})
+	// TTL (attribute expiresAt) on the three tables. Servers that lack UpdateTimeToLive
+	// (dynalite) refuse it; ExpireRuns does the same work there, so that is not an error.
+	for _, tbl := range []string{o.Coordination, o.Statuses, o.Contexts} {
+		_, _ = b.ddb.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{TableName: awssdk.String(tbl),
+			TimeToLiveSpecification: &dtypes.TimeToLiveSpecification{AttributeName: awssdk.String(TTLAttribute), Enabled: awssdk.Bool(true)}})
+	}
 	return nil
 }
 

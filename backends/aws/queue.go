@@ -76,6 +76,39 @@ func decodeJob(body string) (backend.Job, int, error) {
 	return j, m.Prior, nil
 }
 
+// DecodeMessage decodes an SQS message body written by this backend for a serverless
+// trigger (backend.MessageDecoder): the Delivery has a nil Handle, and Deliveries counts
+// the receives of earlier copies that the body carries, plus this one. The trigger's own
+// receive count (the Lambda event's ApproximateReceiveCount) is not in the body; the
+// queue's redrive policy (max_receives) bounds it.
+func (b *Backend) DecodeMessage(body []byte) (*backend.Delivery, error) {
+	j, prior, err := decodeJob(string(body))
+	if err != nil {
+		return nil, err
+	}
+	return &backend.Delivery{Job: j, Deliveries: prior + 1}, nil
+}
+
+// Postpone is for serverless handlers, before Worker.HandleMessage: when the job in
+// body is not due yet (it was delayed longer than SQS's 15 minutes, so it surfaced
+// early), Postpone sends it again with the remaining delay and reports true, and the
+// handler reports the message as handled, so that the trigger deletes it. A body that is
+// not a job is left to HandleMessage.
+func (b *Backend) Postpone(ctx context.Context, body []byte) (bool, error) {
+	j, prior, err := decodeJob(string(body))
+	if err != nil || time.Until(j.NotBefore) <= earlyGrace {
+		return false, nil
+	}
+	if err := b.send(ctx, b.queueURL, []backend.Job{j}, prior+1); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// ScannedName names the reconciler's count of scanned runs "scannedItems"
+// (backend.ScanNamer): the reconciler reads status items.
+func (b *Backend) ScannedName() string { return "scannedItems" }
+
 // handle is a Delivery's handle: the receipt of this receive, and the body for
 // dead-lettering.
 type handle struct {
@@ -355,10 +388,15 @@ func (b *Backend) Extend(ctx context.Context, lease time.Duration, ds ...*backen
 }
 
 // DeadLetter sends the job to the dead-letter queue with the reason (message attribute
-// flowgen-reason), then deletes it. Without a dead-letter queue it is only deleted.
+// flowgen-reason), then deletes it. Without a dead-letter queue it is only deleted. A
+// delivery without a Handle (from DecodeMessage) is only sent to the dead-letter queue:
+// the serverless trigger owns the message and deletes it.
 func (b *Backend) DeadLetter(ctx context.Context, d *backend.Delivery, reason string) error {
 	if err := b.check(); err != nil {
 		return err
+	}
+	if d.Handle == nil {
+		return b.deadLetter(ctx, handle{body: encodeJob(d.Job, max(d.Deliveries-1, 0))}, reason)
 	}
 	h, err := handleOf(d)
 	if err != nil {
@@ -382,6 +420,9 @@ func (b *Backend) deadLetter(ctx context.Context, h handle, reason string) error
 		if err != nil {
 			return fmt.Errorf("aws: send a job to the dead-letter queue: %w", err)
 		}
+	}
+	if h.receipt == "" {
+		return nil
 	}
 	return b.deleteOne(ctx, h.receipt)
 }

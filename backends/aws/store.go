@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,9 +23,10 @@ import (
 	"github.com/flowgen/flowgen/runtime/backend"
 )
 
-// statusItem is a run's item in the statuses table.
-type statusItem struct {
-	RunID       string `dynamodbav:"runId"`
+// coordItem is a run's item in the coordination table: the authoritative, versioned
+// run (record, key-value state, version). Every transition is one conditional write of it.
+type coordItem struct {
+	PK          string `dynamodbav:"pk"`
 	Status      string `dynamodbav:"status"`
 	LastUpdated int64  `dynamodbav:"lastUpdated"` // Unix nanoseconds
 	Created     int64  `dynamodbav:"created"`     // Unix nanoseconds
@@ -38,15 +41,33 @@ type statusItem struct {
 	ParentNode  string `dynamodbav:"parentNode,omitempty"`
 	Metadata    string `dynamodbav:"metadata,omitempty"` // JSON object
 	State       []byte `dynamodbav:"state,omitempty"`    // encoded entries
-	Ver         int64  `dynamodbav:"ver"`
+	// Mirrored is when the transition that last decided to write the status mirror ran
+	// (Unix nanoseconds); progress refreshes the mirror's lastUpdated at most every touch=.
+	Mirrored int64 `dynamodbav:"mirrored,omitempty"`
+	// Refs counts the values written to the contexts table (> 0: stamp them with the TTL).
+	Refs int64 `dynamodbav:"refs,omitempty"`
+	// ExpiresAt is the TTL attribute (Unix seconds), set when the run is final.
+	ExpiresAt int64 `dynamodbav:"expiresAt,omitempty"`
+	Ver       int64 `dynamodbav:"ver"`
 }
 
-// runAttrs are the attributes ListRuns reads (everything but the state).
-var runAttrs = []string{"runId", "status", "lastUpdated", "created", "workflow", "wfVersion", "priority", "input",
-	"result", "failedNode", "reason", "parent", "parentNode", "metadata"}
+// coordAttrs are the coordination item's attributes that a transition sets or removes
+// (all but pk and ver).
+var coordAttrs = []string{"status", "lastUpdated", "created", "workflow", "wfVersion", "priority", "input",
+	"result", "failedNode", "reason", "parent", "parentNode", "metadata", "state", "mirrored", "refs", "expiresAt"}
 
-func (it *statusItem) run() *backend.Run {
-	r := &backend.Run{ID: it.RunID, Workflow: it.Workflow, Version: it.WfVersion, Status: backend.Status(it.Status),
+// runAttrs are the coordination attributes ListRuns reads (everything but the state).
+var runAttrs = []string{"pk", "status", "lastUpdated", "created", "workflow", "wfVersion", "priority", "input",
+	"result", "failedNode", "reason", "parent", "parentNode", "metadata", "expiresAt", "ver"}
+
+// expired reports whether the item's TTL has passed: DynamoDB deletes such items
+// within days, not at once, so readers treat them as deleted.
+func expired(expiresAt int64, now time.Time) bool {
+	return expiresAt != 0 && expiresAt <= now.Unix()
+}
+
+func (it *coordItem) run() *backend.Run {
+	r := &backend.Run{ID: it.PK, Workflow: it.Workflow, Version: it.WfVersion, Status: backend.Status(it.Status),
 		Priority: it.Priority, Input: it.Input, Result: it.Result, FailedNode: it.FailedNode, Reason: it.Reason,
 		Parent: it.Parent, ParentNode: it.ParentNode, Created: time.Unix(0, it.Created), Updated: time.Unix(0, it.LastUpdated)}
 	if it.Metadata != "" {
@@ -55,15 +76,39 @@ func (it *statusItem) run() *backend.Run {
 	return r
 }
 
-func newStatusItem(r *backend.Run, state []byte, ver int64) *statusItem {
-	it := &statusItem{RunID: r.ID, Status: string(r.Status), LastUpdated: r.Updated.UnixNano(), Created: r.Created.UnixNano(),
-		Workflow: r.Workflow, WfVersion: r.Version, Priority: r.Priority, Input: r.Input, Result: r.Result,
-		FailedNode: r.FailedNode, Reason: r.Reason, Parent: r.Parent, ParentNode: r.ParentNode, State: state, Ver: ver}
+// setRun copies the record r into the item.
+func (it *coordItem) setRun(r *backend.Run) {
+	it.PK, it.Status, it.LastUpdated, it.Created = r.ID, string(r.Status), r.Updated.UnixNano(), r.Created.UnixNano()
+	it.Workflow, it.WfVersion, it.Priority, it.Input, it.Result = r.Workflow, r.Version, r.Priority, r.Input, r.Result
+	it.FailedNode, it.Reason, it.Parent, it.ParentNode = r.FailedNode, r.Reason, r.Parent, r.ParentNode
+	it.Metadata = ""
 	if len(r.Metadata) > 0 {
 		md, _ := json.Marshal(r.Metadata)
 		it.Metadata = string(md)
 	}
-	return it
+}
+
+// statusItem is a run's item in the statuses table: the queryable mirror of the
+// coordination item's record, at coordination version MVer.
+type statusItem struct {
+	RunID       string `dynamodbav:"runId"`
+	Status      string `dynamodbav:"status"`
+	LastUpdated int64  `dynamodbav:"lastUpdated"` // Unix nanoseconds
+	Created     int64  `dynamodbav:"created"`     // Unix nanoseconds
+	Workflow    string `dynamodbav:"workflow,omitempty"`
+	WfVersion   string `dynamodbav:"wfVersion,omitempty"`
+	Result      []byte `dynamodbav:"result,omitempty"`
+	FailedNode  string `dynamodbav:"failedNode,omitempty"`
+	Reason      string `dynamodbav:"reason,omitempty"`
+	Parent      string `dynamodbav:"parent,omitempty"`
+	ExpiresAt   int64  `dynamodbav:"expiresAt,omitempty"`
+	MVer        int64  `dynamodbav:"mver"`
+}
+
+func mirrorOf(it *coordItem) *statusItem {
+	return &statusItem{RunID: it.PK, Status: it.Status, LastUpdated: it.LastUpdated, Created: it.Created,
+		Workflow: it.Workflow, WfVersion: it.WfVersion, Result: it.Result, FailedNode: it.FailedNode,
+		Reason: it.Reason, Parent: it.Parent, ExpiresAt: it.ExpiresAt, MVer: it.Ver}
 }
 
 // entry is one key of a run's state: its value inline, or a reference to an item of
@@ -99,7 +144,7 @@ func encodeState(es map[string]entry) []byte {
 	return buf
 }
 
-var errCorrupt = errors.New("aws: corrupt run state in the status item")
+var errCorrupt = errors.New("aws: corrupt run state in the coordination item")
 
 func decodeState(buf []byte) (map[string]entry, error) {
 	es := map[string]entry{}
@@ -140,21 +185,55 @@ func decodeState(buf []byte) (map[string]entry, error) {
 	return es, nil
 }
 
-// load reads a run's status item with a strongly consistent read.
-func (b *Backend) load(ctx context.Context, id string) (*statusItem, error) {
-	out, err := b.ddb.GetItem(ctx, &dynamodb.GetItemInput{TableName: &b.opts.Statuses, ConsistentRead: awssdk.Bool(true),
-		Key: map[string]dtypes.AttributeValue{"runId": &dtypes.AttributeValueMemberS{Value: id}}})
+func pkKey(id string) map[string]dtypes.AttributeValue {
+	return map[string]dtypes.AttributeValue{"pk": &dtypes.AttributeValueMemberS{Value: id}}
+}
+
+// load reads a run's coordination item with a strongly consistent read. An item whose
+// TTL has passed is not found.
+func (b *Backend) load(ctx context.Context, id string) (*coordItem, error) {
+	out, err := b.ddb.GetItem(ctx, &dynamodb.GetItemInput{TableName: &b.opts.Coordination, ConsistentRead: awssdk.Bool(true),
+		Key: pkKey(id)})
 	if err != nil {
 		return nil, fmt.Errorf("aws: read run %s: %w", id, err)
 	}
 	if out.Item == nil {
 		return nil, backend.ErrNotFound
 	}
-	var it statusItem
+	var it coordItem
 	if err := attributevalue.UnmarshalMap(out.Item, &it); err != nil {
 		return nil, fmt.Errorf("aws: decode run %s: %w", id, err)
 	}
+	if expired(it.ExpiresAt, time.Now()) {
+		b.forget(id)
+		return nil, backend.ErrNotFound
+	}
+	b.remember(&it)
 	return &it, nil
+}
+
+// maxItems bounds the coordination items cached.
+const maxItems = 4096
+
+func (b *Backend) remember(it *coordItem) {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	if len(b.items) >= maxItems {
+		clear(b.items)
+	}
+	b.items[it.PK] = it
+}
+
+func (b *Backend) forget(id string) {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	delete(b.items, id)
+}
+
+func (b *Backend) cached(id string) *coordItem {
+	b.itemMu.Lock()
+	defer b.itemMu.Unlock()
+	return b.items[id]
 }
 
 // values returns the values of refs of run id, from the cache or the contexts table.
@@ -287,6 +366,8 @@ type tx struct {
 	entries map[string]entry
 	writes  map[string][]byte // nil: deleted
 	jobs    []backend.Job
+	// refsWritten counts the values commit wrote to the contexts table.
+	refsWritten int64
 }
 
 func (t *tx) Run() *backend.Run { return &t.run }
@@ -385,14 +466,26 @@ func (t *tx) Enqueue(jobs ...backend.Job) { t.jobs = append(t.jobs, jobs...) }
 // errConflict is a lost optimistic race: the transition is run again.
 var errConflict = errors.New("aws: concurrent transition")
 
-// commit writes the transition: large values first, then the status item, on the
-// condition that it is still at version ver (or absent, for ver 0).
-func (t *tx) commit(ver int64) error {
+func isConditionFailed(err error) bool {
+	var ccf *dtypes.ConditionalCheckFailedException
+	return errors.As(err, &ccf) || isCode(err, "ConditionalCheckFailedException")
+}
+
+func num(n int64) *dtypes.AttributeValueMemberN {
+	return &dtypes.AttributeValueMemberN{Value: strconv.FormatInt(n, 10)}
+}
+
+// commit writes the transition over prev (nil: the run is created): large values first,
+// then the coordination item in one conditional write, on the condition that it is
+// still at prev's version (or absent, or expired, for a creation). lostRefs counts the
+// values that transitions lost to concurrent ones wrote before (so that the TTL stamp
+// finds them). It returns the new item and whether the status mirror is due.
+func (t *tx) commit(prev *coordItem, lostRefs int64, force bool, before func(it *coordItem) error) (*coordItem, bool, error) {
 	if err := t.check("run input", t.run.Input); err != nil {
-		return err
+		return nil, false, err
 	}
 	if err := t.check("run result", t.run.Result); err != nil {
-		return err
+		return nil, false, err
 	}
 	es := make(map[string]entry, len(t.entries)+len(t.writes))
 	for k, e := range t.entries {
@@ -413,36 +506,117 @@ func (t *tx) commit(ver int64) error {
 	}
 	if len(refs) > 0 {
 		if err := t.b.putValues(t.ctx, t.id, refs); err != nil {
-			return err
+			return nil, false, err
 		}
+		t.refsWritten = int64(len(refs))
 	}
+	now := time.Now()
 	t.run.ID = t.id
-	t.run.Updated = time.Now()
-	item, err := attributevalue.MarshalMap(newStatusItem(&t.run, encodeState(es), ver+1))
-	if err != nil {
-		return fmt.Errorf("aws: encode run %s: %w", t.id, err)
+	t.run.Updated = now
+	it := &coordItem{}
+	if prev != nil {
+		*it = *prev
 	}
-	in := &dynamodb.PutItemInput{TableName: &t.b.opts.Statuses, Item: item}
-	if ver == 0 {
-		in.ConditionExpression = awssdk.String("attribute_not_exists(runId)")
-	} else {
-		in.ConditionExpression = awssdk.String("ver = :v")
-		in.ExpressionAttributeValues = map[string]dtypes.AttributeValue{":v": &dtypes.AttributeValueMemberN{Value: strconv.FormatInt(ver, 10)}}
-	}
-	if _, err := t.b.ddb.PutItem(t.ctx, in); err != nil {
-		var ccf *dtypes.ConditionalCheckFailedException
-		if errors.As(err, &ccf) || isCode(err, "ConditionalCheckFailedException") {
-			return errConflict
+	it.setRun(&t.run)
+	it.State = encodeState(es)
+	it.Refs += t.refsWritten + lostRefs
+	switch {
+	case !t.run.Status.Final():
+		it.ExpiresAt = 0
+	case prev == nil || !backend.Status(prev.Status).Final() || prev.ExpiresAt == 0:
+		it.ExpiresAt = 0
+		if t.b.opts.TTL > 0 {
+			it.ExpiresAt = now.Add(t.b.opts.TTL).Unix()
 		}
-		return fmt.Errorf("aws: write run %s: %w", t.id, tooLarge(err))
 	}
-	return nil
+	mirror := force || prev == nil || prev.Status != it.Status || !bytes.Equal(prev.Result, it.Result) ||
+		prev.FailedNode != it.FailedNode || prev.Reason != it.Reason || prev.ExpiresAt != it.ExpiresAt ||
+		now.UnixNano()-prev.Mirrored >= int64(t.b.opts.Touch)
+	if mirror {
+		it.Mirrored = now.UnixNano()
+	}
+	if prev == nil {
+		it.Ver = 1
+		item, err := attributevalue.MarshalMap(it)
+		if err != nil {
+			return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
+		}
+		_, err = t.b.ddb.PutItem(t.ctx, &dynamodb.PutItemInput{TableName: &t.b.opts.Coordination, Item: item,
+			ConditionExpression:       awssdk.String("attribute_not_exists(pk) OR expiresAt <= :now"),
+			ExpressionAttributeValues: map[string]dtypes.AttributeValue{":now": num(now.Unix())}})
+		if err != nil {
+			if isConditionFailed(err) {
+				return nil, false, errConflict
+			}
+			return nil, false, fmt.Errorf("aws: write run %s: %w", t.id, tooLarge(err))
+		}
+		return it, true, nil
+	}
+	it.Ver = prev.Ver
+	if before != nil {
+		if err := before(it); err != nil {
+			return nil, false, err
+		}
+	}
+	item, err := attributevalue.MarshalMap(it)
+	if err != nil {
+		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
+	}
+	old, err := attributevalue.MarshalMap(prev)
+	if err != nil {
+		return nil, false, fmt.Errorf("aws: encode run %s: %w", t.id, err)
+	}
+	// The write names only the attributes that differ from prev's: the condition on
+	// the version makes prev exactly what it changes.
+	names := map[string]string{}
+	vals := map[string]dtypes.AttributeValue{":one": num(1), ":v": num(prev.Ver), ":c": num(prev.Created), ":now": num(now.Unix())}
+	var set, remove []string
+	for i, a := range coordAttrs {
+		n := "#a" + strconv.Itoa(i)
+		v, ok := item[a]
+		o, had := old[a]
+		switch {
+		case ok && !(had && reflect.DeepEqual(v, o)):
+			names[n] = a
+			vals[":a"+strconv.Itoa(i)] = v
+			set = append(set, n+" = :a"+strconv.Itoa(i))
+		case !ok && had:
+			names[n] = a
+			remove = append(remove, n)
+		}
+	}
+	expr := "ADD ver :one"
+	if len(set) > 0 {
+		expr = "SET " + strings.Join(set, ", ") + " " + expr
+	}
+	if len(remove) > 0 {
+		expr += " REMOVE " + strings.Join(remove, ", ")
+	}
+	if len(names) == 0 {
+		names = nil // DynamoDB refuses an empty map
+	}
+	_, err = t.b.ddb.UpdateItem(t.ctx, &dynamodb.UpdateItemInput{TableName: &t.b.opts.Coordination, Key: pkKey(t.id),
+		UpdateExpression: &expr, ConditionExpression: awssdk.String("ver = :v AND created = :c AND (attribute_not_exists(expiresAt) OR expiresAt > :now)"),
+		ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
+	if err != nil {
+		if isConditionFailed(err) {
+			return nil, false, errConflict
+		}
+		return nil, false, fmt.Errorf("aws: write run %s: %w", t.id, tooLarge(err))
+	}
+	it.Ver = prev.Ver + 1
+	return it, mirror, nil
 }
+
+// afterCommitTimeout bounds the writes that follow a committed transition.
+const afterCommitTimeout = 30 * time.Second
 
 // maxTries bounds the optimistic retries of one transition.
 const maxTries = 200
 
-// CreateRun writes r's status item unless one exists, then sends init's jobs.
+// CreateRun writes r's coordination item unless one exists, then its status mirror,
+// then sends init's jobs. When the run exists, it repairs the run's mirror (a crash of
+// an earlier CreateRun between the two writes leaves none) and reports false.
 func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backend.Tx) error) (bool, error) {
 	if err := b.check(); err != nil {
 		return false, err
@@ -451,23 +625,143 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 	if err := init(t); err != nil {
 		return false, err
 	}
-	if err := t.commit(0); err != nil {
+	it, _, err := t.commit(nil, 0, false, nil)
+	if err != nil {
 		if errors.Is(err, errConflict) {
-			return false, nil
+			return false, b.repairMirror(ctx, r.ID)
 		}
 		return false, err
 	}
-	return true, b.sendAfterCommit(ctx, r.ID, t.jobs)
+	b.remember(it)
+	return true, b.afterCommit(ctx, nil, it, true, t.jobs)
 }
 
-// sendAfterCommit sends a committed transition's jobs. Should it fail, the reconciler
-// enqueues the claimed instances again once the run looks stalled.
-func (b *Backend) sendAfterCommit(ctx context.Context, id string, jobs []backend.Job) error {
-	if len(jobs) == 0 {
+// repairMirror writes the status mirror of run id from its coordination item, unless
+// the mirror is as new.
+func (b *Backend) repairMirror(ctx context.Context, id string) error {
+	it, err := b.load(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
 		return nil
 	}
-	if err := b.send(ctx, b.queueURL, jobs, 0); err != nil {
-		return fmt.Errorf("aws: run %s: transition committed, but its jobs were not sent (the reconciler will send them again): %w", id, err)
+	if err != nil {
+		return err
+	}
+	return b.putMirror(ctx, mirrorOf(it), mirrorNewerOrEqual)
+}
+
+// afterCommit does what follows a committed transition from prev to it: the status
+// mirror (when due), the transition's jobs, and the TTL stamp of the run's contexts
+// items when the run became final (or running again). The jobs are sent even when the
+// mirror write fails; the error reports it.
+func (b *Backend) afterCommit(ctx context.Context, prev, it *coordItem, mirror bool, jobs []backend.Job) error {
+	// The transition is done: its follow-ups are not abandoned when the caller's ctx
+	// ends (a worker shutting down), only bounded.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), afterCommitTimeout)
+	defer cancel()
+	var errs []error
+	if mirror {
+		cond := mirrorNewer
+		if prev == nil {
+			cond = mirrorCreated
+		}
+		if err := b.putMirror(ctx, mirrorOf(it), cond); err != nil {
+			errs = append(errs, fmt.Errorf("aws: run %s: transition committed, but its status mirror was not written (ListRuns repairs it): %w", it.PK, err))
+		}
+	}
+	if len(jobs) > 0 {
+		if err := b.send(ctx, b.queueURL, jobs, 0); err != nil {
+			errs = append(errs, fmt.Errorf("aws: run %s: transition committed, but its jobs were not sent (the reconciler will send them again): %w", it.PK, err))
+		}
+	}
+	if it.Refs > 0 && ((prev == nil && it.ExpiresAt != 0) || (prev != nil && prev.ExpiresAt != it.ExpiresAt)) {
+		// Best effort: ExpireRuns deletes what this misses.
+		_ = b.stampContexts(ctx, it.PK, it.ExpiresAt)
+	}
+	return errors.Join(errs...)
+}
+
+// Mirror write conditions: putMirror replaces only an older mirror.
+const (
+	// mirrorNewer: absent, of an earlier run with the same id, or at a lower version.
+	mirrorNewer = "attribute_not_exists(runId) OR created < :c OR (created = :c AND mver < :v)"
+	// mirrorNewerOrEqual: the same, or at the same version (an early mirror, a repair).
+	mirrorNewerOrEqual = "attribute_not_exists(runId) OR created < :c OR (created = :c AND mver <= :v)"
+	// mirrorCreated: a run just created replaces any mirror of another run with its id.
+	mirrorCreated = "attribute_not_exists(runId) OR created <> :c"
+)
+
+// putMirror writes a status mirror item on condition cond (one of the mirror…
+// conditions), so that a late write never replaces a newer mirror. A failed condition
+// is not an error: a newer mirror is in place.
+func (b *Backend) putMirror(ctx context.Context, m *statusItem, cond string) error {
+	item, err := attributevalue.MarshalMap(m)
+	if err != nil {
+		return fmt.Errorf("aws: encode the status of run %s: %w", m.RunID, err)
+	}
+	vals := map[string]dtypes.AttributeValue{":c": num(m.Created)}
+	if cond != mirrorCreated {
+		vals[":v"] = num(m.MVer)
+	}
+	_, err = b.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: &b.opts.Statuses, Item: item,
+		ConditionExpression: &cond, ExpressionAttributeValues: vals})
+	if err != nil && !isConditionFailed(err) {
+		return fmt.Errorf("aws: write the status of run %s: %w", m.RunID, tooLarge(err))
+	}
+	return nil
+}
+
+// repairMirrorOver replaces the mirror observed (created and mver as read) with the
+// mirror of it, unless the mirror changed since it was read.
+func (b *Backend) repairMirrorOver(ctx context.Context, it *coordItem, observed *statusItem) error {
+	item, err := attributevalue.MarshalMap(mirrorOf(it))
+	if err != nil {
+		return fmt.Errorf("aws: encode the status of run %s: %w", it.PK, err)
+	}
+	_, err = b.ddb.PutItem(ctx, &dynamodb.PutItemInput{TableName: &b.opts.Statuses, Item: item,
+		ConditionExpression:       awssdk.String("created = :oc AND mver = :ov"),
+		ExpressionAttributeValues: map[string]dtypes.AttributeValue{":oc": num(observed.Created), ":ov": num(observed.MVer)}})
+	if err != nil && !isConditionFailed(err) {
+		return fmt.Errorf("aws: repair the status of run %s: %w", it.PK, tooLarge(err))
+	}
+	return nil
+}
+
+// stampContexts sets (expiresAt > 0) or removes the TTL attribute of the run's items in
+// the contexts table.
+func (b *Backend) stampContexts(ctx context.Context, id string, expiresAt int64) error {
+	return b.eachRef(ctx, id, func(key map[string]dtypes.AttributeValue) error {
+		in := &dynamodb.UpdateItemInput{TableName: &b.opts.Contexts, Key: key,
+			ConditionExpression: awssdk.String("attribute_exists(runId)")}
+		if expiresAt > 0 {
+			in.UpdateExpression = awssdk.String("SET expiresAt = :e")
+			in.ExpressionAttributeValues = map[string]dtypes.AttributeValue{":e": num(expiresAt)}
+		} else {
+			in.UpdateExpression = awssdk.String("REMOVE expiresAt")
+		}
+		if _, err := b.ddb.UpdateItem(ctx, in); err != nil && !isConditionFailed(err) {
+			return fmt.Errorf("aws: set the TTL of a value of run %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// eachRef calls fn with the key of each of the run's items in the contexts table.
+func (b *Backend) eachRef(ctx context.Context, id string, fn func(key map[string]dtypes.AttributeValue) error) error {
+	p := dynamodb.NewQueryPaginator(b.ddb, &dynamodb.QueryInput{TableName: &b.opts.Contexts,
+		KeyConditionExpression:    awssdk.String("runId = :id"),
+		ExpressionAttributeValues: map[string]dtypes.AttributeValue{":id": &dtypes.AttributeValueMemberS{Value: id}},
+		ProjectionExpression:      awssdk.String("runId, #r"), ExpressionAttributeNames: map[string]string{"#r": "ref"},
+		ConsistentRead: awssdk.Bool(true)})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("aws: list the values of run %s: %w", id, err)
+		}
+		for _, item := range out.Items {
+			if err := fn(item); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -478,25 +772,66 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 	if err := b.check(); err != nil {
 		return err
 	}
-	for try := 0; ; try++ {
-		it, err := b.load(ctx, id)
-		if err != nil {
-			return err
+	var lostRefs int64
+	force := false // a status change's early mirror was written: the mirror is due whatever the retry changes
+	done := false
+	defer func() {
+		if force && !done {
+			// An early mirror of a transition that never committed: put back the
+			// truth's (best effort; ListRuns repairs it too).
+			_ = b.repairMirror(context.WithoutCancel(ctx), id)
 		}
-		es, err := decodeState(it.State)
+	}()
+	for try := 0; ; try++ {
+		var prev *coordItem
+		if try == 0 {
+			prev = b.cached(id)
+		}
+		fromCache := prev != nil
+		if !fromCache {
+			var err error
+			if prev, err = b.load(ctx, id); err != nil {
+				return err
+			}
+		}
+		es, err := decodeState(prev.State)
 		if err != nil {
 			return fmt.Errorf("run %s: %w", id, err)
 		}
-		t := &tx{b: b, ctx: ctx, id: id, run: *it.run(), entries: es, writes: map[string][]byte{}}
+		t := &tx{b: b, ctx: ctx, id: id, run: *prev.run(), entries: es, writes: map[string][]byte{}}
 		if err := fn(t); err != nil {
+			if fromCache {
+				continue // the cached item may be stale: decide on a fresh read
+			}
 			return err
 		}
-		err = t.commit(it.Ver)
-		if err == nil {
-			return b.sendAfterCommit(ctx, id, t.jobs)
+		var pre func(it *coordItem) error
+		if t.run.Status != backend.Status(prev.Status) {
+			// A status change: the mirror says so first, at prev's version, so that
+			// whoever reads the new status from the coordination item finds the run
+			// under that status in ListRuns, and so that no crash can hide a rerun's
+			// running run from the reconciler. The mirror write after the commit
+			// replaces it; a lost race is repaired (force, below, and ListRuns).
+			pre = func(it *coordItem) error {
+				force = true // set before the write: its outcome is unknown on error
+				m := mirrorOf(it)
+				m.MVer = prev.Ver
+				return b.putMirror(ctx, m, mirrorNewerOrEqual)
+			}
 		}
+		it, mirror, err := t.commit(prev, lostRefs, force, pre)
+		if err == nil {
+			done = true
+			b.remember(it)
+			return b.afterCommit(ctx, prev, it, mirror, t.jobs)
+		}
+		b.forget(id)
 		if !errors.Is(err, errConflict) {
 			return err
+		}
+		lostRefs += t.refsWritten
+		if fromCache {
+			continue // a stale cached item: read it now, at once
 		}
 		if try >= maxTries {
 			return fmt.Errorf("aws: run %s: %d transitions in a row lost to concurrent ones; giving up", id, try+1)
@@ -507,8 +842,9 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 	}
 }
 
-// Read returns the run and the values of keys: one GetItem, plus one BatchGetItem for
-// values stored by reference that are not cached.
+// Read returns the run and the values of keys from its coordination item (one strongly
+// consistent GetItem), plus one BatchGetItem for values stored by reference that are
+// not cached.
 func (b *Backend) Read(ctx context.Context, id string, keys ...string) (*backend.Run, map[string][]byte, error) {
 	if err := b.check(); err != nil {
 		return nil, nil, err
@@ -535,101 +871,4 @@ func (b *Backend) Read(ctx context.Context, id string, keys ...string) (*backend
 		}
 	}
 	return it.run(), vals, nil
-}
-
-// ListRuns lists runs newest first. With a status, it queries the status-lastUpdated
-// index (UpdatedBefore as a key condition), page by page; without one, it scans the
-// statuses table page by page. Either way it reads every matching run before sorting
-// by creation time and applying the limit. The index is eventually consistent on AWS:
-// a run listed as stalled may have moved on; the reconciler checks again in its
-// transition.
-func (b *Backend) ListRuns(ctx context.Context, f backend.RunFilter) ([]*backend.Run, error) {
-	if err := b.check(); err != nil {
-		return nil, err
-	}
-	names := map[string]string{}
-	proj := make([]string, len(runAttrs))
-	for i, a := range runAttrs {
-		n := "#a" + strconv.Itoa(i)
-		names[n] = a
-		proj[i] = n
-	}
-	vals := map[string]dtypes.AttributeValue{}
-	var filters []string
-	if f.Workflow != "" {
-		names["#wf"] = "workflow"
-		vals[":wf"] = &dtypes.AttributeValueMemberS{Value: f.Workflow}
-		filters = append(filters, "#wf = :wf")
-	}
-	var cutoff string
-	if !f.UpdatedBefore.IsZero() {
-		names["#lu"] = "lastUpdated"
-		vals[":lu"] = &dtypes.AttributeValueMemberN{Value: strconv.FormatInt(f.UpdatedBefore.UnixNano(), 10)}
-		cutoff = "#lu < :lu"
-	}
-	var items []map[string]dtypes.AttributeValue
-	if f.Status != "" {
-		names["#st"] = "status"
-		vals[":st"] = &dtypes.AttributeValueMemberS{Value: string(f.Status)}
-		key := "#st = :st"
-		if cutoff != "" {
-			key += " AND " + cutoff
-		}
-		in := &dynamodb.QueryInput{TableName: &b.opts.Statuses, IndexName: awssdk.String(StatusIndex),
-			KeyConditionExpression: &key, ExpressionAttributeNames: names, ExpressionAttributeValues: vals,
-			ProjectionExpression: awssdk.String(strings.Join(proj, ", "))}
-		if len(filters) > 0 {
-			in.FilterExpression = awssdk.String(strings.Join(filters, " AND "))
-		}
-		p := dynamodb.NewQueryPaginator(b.ddb, in)
-		for p.HasMorePages() {
-			out, err := p.NextPage(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("aws: query runs by status: %w", err)
-			}
-			items = append(items, out.Items...)
-		}
-	} else {
-		if cutoff != "" {
-			filters = append(filters, cutoff)
-		}
-		in := &dynamodb.ScanInput{TableName: &b.opts.Statuses, ExpressionAttributeNames: names,
-			ProjectionExpression: awssdk.String(strings.Join(proj, ", ")), ConsistentRead: awssdk.Bool(true)}
-		if len(vals) > 0 {
-			in.ExpressionAttributeValues = vals
-		}
-		if len(filters) > 0 {
-			in.FilterExpression = awssdk.String(strings.Join(filters, " AND "))
-		}
-		p := dynamodb.NewScanPaginator(b.ddb, in)
-		for p.HasMorePages() {
-			out, err := p.NextPage(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("aws: scan runs: %w", err)
-			}
-			items = append(items, out.Items...)
-		}
-	}
-	runs := make([]*backend.Run, 0, len(items))
-	for _, item := range items {
-		var it statusItem
-		if err := attributevalue.UnmarshalMap(item, &it); err != nil {
-			return nil, fmt.Errorf("aws: decode a run: %w", err)
-		}
-		runs = append(runs, it.run())
-	}
-	sort.Slice(runs, func(i, j int) bool {
-		if !runs[i].Created.Equal(runs[j].Created) {
-			return runs[i].Created.After(runs[j].Created)
-		}
-		return runs[i].ID > runs[j].ID
-	})
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	if len(runs) > limit {
-		runs = runs[:limit]
-	}
-	return runs, nil
 }

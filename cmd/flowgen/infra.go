@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"text/template"
+
+	"github.com/flowgen/flowgen/backends/aws"
 )
 
 // infraCmd prints the commands and the Terraform that create a backend's cloud
@@ -16,9 +18,10 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, "Usage: flowgen infra aws [-format cli|terraform|both] [-queue NAME] [-dlq NAME] [-contexts NAME]\n"+
 			"                        [-statuses NAME] [-coordination NAME] [-max-receives N] [-region REGION]\n\n"+
 			"Prints the AWS CLI commands and the Terraform that create what the aws:// backend uses:\n"+
-			"an SQS queue with a dead-letter queue, and the DynamoDB tables with their keys, the\n"+
-			"statuses table's status-lastUpdated index, and TTL on the coordination table. The\n"+
-			"defaults are the names the backend uses when its URL names none.\n\n")
+			"an SQS queue with a dead-letter queue, and the three DynamoDB tables with their keys,\n"+
+			"the statuses table's status-lastUpdated index, and TTL on expiresAt on all three (the\n"+
+			"backend sets it on finished runs; its URL's ttl= says when). The defaults are the\n"+
+			"names the backend uses when its URL names none.\n\n")
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
 		usage()
@@ -33,15 +36,15 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("flowgen infra aws", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	// The defaults match backends/aws (DefaultQueue, DefaultDLQ, …).
-	c := awsInfra{}
+	// The defaults are backends/aws's.
+	c := awsInfra{TTLAttribute: aws.TTLAttribute, StatusIndex: aws.StatusIndex, IndexAttributes: aws.IndexAttributes}
 	format := fs.String("format", "both", "what to print: `cli` (AWS CLI commands), terraform, or both")
-	fs.StringVar(&c.Queue, "queue", "flowgen-jobs", "SQS job queue `name` (URL: queue=)")
+	fs.StringVar(&c.Queue, "queue", aws.DefaultQueue, "SQS job queue `name` (URL: queue=)")
 	fs.StringVar(&c.DLQ, "dlq", "", "dead-letter queue `name` (URL: dlq=; default: the queue's name + \"-dlq\")")
-	fs.StringVar(&c.Contexts, "contexts", "flowgen-contexts", "DynamoDB table `name` for large state values (URL: contexts=)")
-	fs.StringVar(&c.Statuses, "statuses", "flowgen-statuses", "DynamoDB table `name` for run records and state (URL: statuses=)")
-	fs.StringVar(&c.Coordination, "coordination", "flowgen-coordination", "DynamoDB coordination table `name` (URL: coordination=)")
-	fs.IntVar(&c.MaxReceives, "max-receives", 50, "redrive policy's maxReceiveCount: receives before SQS moves a message to the dead-letter queue")
+	fs.StringVar(&c.Contexts, "contexts", aws.DefaultContextsTable, "DynamoDB table `name` for large state values, by reference (URL: contexts=)")
+	fs.StringVar(&c.Statuses, "statuses", aws.DefaultStatusesTable, "DynamoDB table `name` for the queryable status mirror of runs (URL: statuses=)")
+	fs.StringVar(&c.Coordination, "coordination", aws.DefaultCoordinationTable, "DynamoDB table `name` for the authoritative, versioned runs (URL: coordination=)")
+	fs.IntVar(&c.MaxReceives, "max-receives", aws.DefaultMaxReceives, "redrive policy's maxReceiveCount: receives before SQS moves a message to the dead-letter queue")
 	fs.StringVar(&c.Region, "region", "", "AWS `region` for the CLI commands (default: the CLI's own)")
 	fs.Usage = func() { usage(); fs.PrintDefaults() }
 	if err := parse(fs, args); err != nil {
@@ -69,7 +72,7 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 		if i > 0 {
 			fmt.Fprintln(stdout)
 		}
-		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident}).Parse(src))
+		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident, "join": strings.Join}).Parse(src))
 		if err := t.Execute(stdout, c); err != nil {
 			return err
 		}
@@ -80,6 +83,8 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 // awsInfra is what the AWS templates print.
 type awsInfra struct {
 	Queue, DLQ, Contexts, Statuses, Coordination string
+	TTLAttribute, StatusIndex                    string
+	IndexAttributes                              []string
 	MaxReceives                                  int
 	Region, RegionFlag                           string
 	Ident                                        func(string) string
@@ -94,27 +99,33 @@ DLQ_ARN=$(aws sqs get-queue-attributes{{.RegionFlag}} --queue-url "$DLQ_URL" \
   --attribute-names QueueArn --query Attributes.QueueArn --output text)
 aws sqs create-queue{{.RegionFlag}} --queue-name {{.Queue}} --attributes "{\"VisibilityTimeout\":\"30\",\"RedrivePolicy\":\"{\\\"deadLetterTargetArn\\\":\\\"$DLQ_ARN\\\",\\\"maxReceiveCount\\\":\\\"{{.MaxReceives}}\\\"}\"}"
 
-# Run records and run state; index for the reconciler's query (status, lastUpdated).
+# Coordination: one item per run, the authoritative run (record, state, version);
+# every transition is one conditional write of it. TTL deletes finished runs.
+aws dynamodb create-table{{.RegionFlag}} --table-name {{.Coordination}} \
+  --attribute-definitions AttributeName=pk,AttributeType=S \
+  --key-schema AttributeName=pk,KeyType=HASH \
+  --billing-mode PAY_PER_REQUEST
+
+# Statuses: the queryable mirror of each run (status, lastUpdated, result or reason),
+# with the index of the reconciler's query for stalled runs (status, lastUpdated).
 aws dynamodb create-table{{.RegionFlag}} --table-name {{.Statuses}} \
   --attribute-definitions AttributeName=runId,AttributeType=S AttributeName=status,AttributeType=S AttributeName=lastUpdated,AttributeType=N \
   --key-schema AttributeName=runId,KeyType=HASH \
-  --global-secondary-indexes 'IndexName=status-lastUpdated,KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=lastUpdated,KeyType=RANGE}],Projection={ProjectionType=ALL}' \
+  --global-secondary-indexes 'IndexName={{.StatusIndex}},KeySchema=[{AttributeName=status,KeyType=HASH},{AttributeName=lastUpdated,KeyType=RANGE}],Projection={ProjectionType=INCLUDE,NonKeyAttributes=[{{join .IndexAttributes ","}}]}' \
   --billing-mode PAY_PER_REQUEST
 
-# State values too large for the status item, by reference.
+# Contexts: state values too large for the coordination item, by reference.
 aws dynamodb create-table{{.RegionFlag}} --table-name {{.Contexts}} \
   --attribute-definitions AttributeName=runId,AttributeType=S AttributeName=ref,AttributeType=S \
   --key-schema AttributeName=runId,KeyType=HASH AttributeName=ref,KeyType=RANGE \
   --billing-mode PAY_PER_REQUEST
 
-# Coordination items (expire through TTL on expiresAt).
-aws dynamodb create-table{{.RegionFlag}} --table-name {{.Coordination}} \
-  --attribute-definitions AttributeName=pk,AttributeType=S \
-  --key-schema AttributeName=pk,KeyType=HASH \
-  --billing-mode PAY_PER_REQUEST
-aws dynamodb wait table-exists{{.RegionFlag}} --table-name {{.Coordination}}
-aws dynamodb update-time-to-live{{.RegionFlag}} --table-name {{.Coordination}} \
-  --time-to-live-specification Enabled=true,AttributeName=expiresAt
+# TTL on {{.TTLAttribute}} (Unix seconds), which the backend sets on finished runs.
+for t in {{.Coordination}} {{.Statuses}} {{.Contexts}}; do
+  aws dynamodb wait table-exists{{.RegionFlag}} --table-name "$t"
+  aws dynamodb update-time-to-live{{.RegionFlag}} --table-name "$t" \
+    --time-to-live-specification Enabled=true,AttributeName={{.TTLAttribute}}
+done
 `
 
 const awsTerraform = `# Terraform: the resources of the aws:// backend (flowgen infra aws -format terraform).
@@ -132,6 +143,7 @@ resource "aws_sqs_queue" "{{ident .Queue}}" {
   })
 }
 
+# Statuses: the queryable mirror of each run, with the reconciler's index.
 resource "aws_dynamodb_table" "{{ident .Statuses}}" {
   name         = "{{.Statuses}}"
   billing_mode = "PAY_PER_REQUEST"
@@ -151,13 +163,20 @@ resource "aws_dynamodb_table" "{{ident .Statuses}}" {
   }
 
   global_secondary_index {
-    name            = "status-lastUpdated"
+    name            = "{{.StatusIndex}}"
     hash_key        = "status"
     range_key       = "lastUpdated"
-    projection_type = "ALL"
+    projection_type    = "INCLUDE"
+    non_key_attributes = [{{range $i, $a := .IndexAttributes}}{{if $i}}, {{end}}"{{$a}}"{{end}}]
+  }
+
+  ttl {
+    attribute_name = "{{.TTLAttribute}}"
+    enabled        = true
   }
 }
 
+# Contexts: state values too large for the coordination item, by reference.
 resource "aws_dynamodb_table" "{{ident .Contexts}}" {
   name         = "{{.Contexts}}"
   billing_mode = "PAY_PER_REQUEST"
@@ -172,8 +191,14 @@ resource "aws_dynamodb_table" "{{ident .Contexts}}" {
     name = "ref"
     type = "S"
   }
+
+  ttl {
+    attribute_name = "{{.TTLAttribute}}"
+    enabled        = true
+  }
 }
 
+# Coordination: the authoritative, versioned run; TTL deletes finished runs.
 resource "aws_dynamodb_table" "{{ident .Coordination}}" {
   name         = "{{.Coordination}}"
   billing_mode = "PAY_PER_REQUEST"
@@ -185,7 +210,7 @@ resource "aws_dynamodb_table" "{{ident .Coordination}}" {
   }
 
   ttl {
-    attribute_name = "expiresAt"
+    attribute_name = "{{.TTLAttribute}}"
     enabled        = true
   }
 }

@@ -188,6 +188,19 @@ func TestInfraAWS(t *testing.T) {
 			t.Errorf("infra aws output lacks %q", want)
 		}
 	}
+	// The layout backends/aws uses: the coordination table keyed by pk, TTL on
+	// expiresAt on all three tables (CLI loop and one ttl block per Terraform table),
+	// the statuses table's index.
+	for _, want := range []string{"--table-name flowgen-coordination", "AttributeName=pk,KeyType=HASH",
+		"for t in flowgen-coordination flowgen-statuses flowgen-contexts; do", "AttributeName=expiresAt",
+		"IndexName=status-lastUpdated", `hash_key     = "pk"`} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("infra aws output lacks %q", want)
+		}
+	}
+	if n := strings.Count(stdout, `attribute_name = "expiresAt"`); n != 3 {
+		t.Errorf("infra aws Terraform enables TTL on %d tables, want 3", n)
+	}
 	if code, _, _ := flowgen(t, "infra", "gcp"); code == 0 {
 		t.Error("infra gcp succeeded")
 	}
