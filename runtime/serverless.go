@@ -3,9 +3,14 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/flowgen/flowgen/runtime/backend"
 )
+
+// notDueGrace is how early a job may surface and still run: queues count delays in
+// whole seconds.
+const notDueGrace = time.Second
 
 // HandleMessage runs the job carried by one queue message body, for a serverless
 // function that a queue triggers instead of a polling worker: an AWS Lambda with an SQS
@@ -30,5 +35,13 @@ func (w *Worker) HandleMessage(ctx context.Context, body []byte) error {
 		return err
 	}
 	d.Handle = nil
+	if wait := time.Until(d.Job.NotBefore); wait > notDueGrace {
+		// Delayed longer than the queue can delay a message (15 minutes on SQS, 7 days
+		// on Azure), it surfaced early: send it again with the rest of its delay.
+		if err := w.c.b.Enqueue(ctx, d.Job); err != nil {
+			return fmt.Errorf("flowgen: postpone a job due in %v: %w", wait.Round(time.Second), err)
+		}
+		return nil
+	}
 	return w.handle(ctx, d)
 }

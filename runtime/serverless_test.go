@@ -140,3 +140,35 @@ func TestHandleMessageNeedsADecodingBackend(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+func TestHandleMessagePostponesAJobNotDue(t *testing.T) {
+	ctx := context.Background()
+	b := &decodingMem{Backend: mem.New()}
+	c := runtime.New(b)
+	defer c.Close()
+	ran := false
+	wf := &runtime.Workflow{ID: "later", Start: []string{"a"}, Terminals: []string{"a"}, Nodes: map[string]*runtime.Node{
+		"a": {ID: "a", MaxAttempts: 1, Exec: func(context.Context, *runtime.Task) (runtime.Output, error) {
+			ran = true
+			return intOutput(1)
+		}},
+	}}
+	w := runtime.NewWorker(c)
+	w.Register(wf)
+	due := time.Now().Add(time.Hour)
+	job := backend.Job{ID: "j", Run: "r", Workflow: wf.ID, Node: "a", Kind: backend.Exec, Attempt: 1, NotBefore: due}
+	body, _ := json.Marshal(message{Job: job, Deliveries: 1})
+	if err := w.HandleMessage(ctx, body); err != nil {
+		t.Fatal(err)
+	}
+	if ran {
+		t.Error("a job due in an hour ran")
+	}
+	// It is back in the queue, still delayed.
+	if ds, _ := b.Dequeue(ctx, 1, time.Minute, 10*time.Millisecond); len(ds) != 0 {
+		t.Errorf("the postponed job is visible at once: %+v", ds[0].Job)
+	}
+	if n := b.Pending(); n != 1 {
+		t.Errorf("jobs queued: %d, want the postponed one", n)
+	}
+}

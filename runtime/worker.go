@@ -23,23 +23,6 @@ type Worker struct {
 
 	mu       sync.Mutex
 	inflight map[string]map[*flight]struct{} // by run id
-	held     map[*backend.Delivery]struct{}  // dequeued, waiting for an executor
-}
-
-// prefetch is how many jobs a worker with n executors takes ahead of them.
-func prefetch(n int) int { return n/4 + 1 }
-
-// hold and unhold keep the leases of dequeued jobs that wait for an executor renewed.
-func (w *Worker) hold(d *backend.Delivery) {
-	w.mu.Lock()
-	w.held[d] = struct{}{}
-	w.mu.Unlock()
-}
-
-func (w *Worker) unhold(d *backend.Delivery) {
-	w.mu.Lock()
-	delete(w.held, d)
-	w.mu.Unlock()
 }
 
 // flight is one job being executed.
@@ -54,8 +37,7 @@ func NewWorker(c *Client, opts ...WorkerOption) *Worker {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Worker{c: c, opts: o, log: o.logger, wfs: map[string]*Workflow{}, inflight: map[string]map[*flight]struct{}{},
-		held: map[*backend.Delivery]struct{}{}}
+	return &Worker{c: c, opts: o, log: o.logger, wfs: map[string]*Workflow{}, inflight: map[string]map[*flight]struct{}{}}
 }
 
 // Register makes the worker execute wfs. Generated packages offer Register(w), which
@@ -87,21 +69,16 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	// A fixed pool of executors, so goroutine stacks grow once, not once per job. The
-	// fetcher holds one token per job it may take: one per idle executor, plus a few
-	// (prefetch) so that an executor that finishes finds its next job waiting instead of
-	// waiting for a Dequeue round trip. It dequeues as many jobs as it holds tokens.
-	n, extra := w.opts.concurrency, prefetch(w.opts.concurrency)
-	jobs := make(chan *backend.Delivery, extra)
-	idle := make(chan struct{}, n+extra)
-	for range n + extra {
-		idle <- struct{}{}
-	}
+	// fetcher holds one token per idle executor and dequeues as many jobs as it holds.
+	n := w.opts.concurrency
+	jobs := make(chan *backend.Delivery)
+	idle := make(chan struct{}, n)
 	for range n {
+		idle <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for d := range jobs {
-				w.unhold(d)
 				w.handle(execCtx, d)
 				idle <- struct{}{}
 			}
@@ -116,7 +93,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		free := 1
 	more:
-		for free < n+extra {
+		for free < n {
 			select {
 			case <-idle:
 				free++
@@ -129,7 +106,6 @@ func (w *Worker) Run(ctx context.Context) error {
 			idle <- struct{}{}
 		}
 		for _, d := range ds {
-			w.hold(d)
 			jobs <- d
 		}
 		if err != nil {
@@ -168,9 +144,6 @@ func (w *Worker) heartbeat(ctx context.Context, done chan<- struct{}) {
 					ds = append(ds, f.d)
 				}
 			}
-		}
-		for d := range w.held {
-			ds = append(ds, d)
 		}
 		w.mu.Unlock()
 		if len(ds) == 0 {

@@ -116,19 +116,14 @@
 // visibility timeout longer than the longest node plus the function's overhead, since
 // nothing extends it:
 //
-//	var w *runtime.Worker // runtime.NewWorker(runtime.New(b), ...) with the workflows registered, in init
-//	var b *aws.Backend    // aws.Open(ctx, "aws://?queue=...") in init
+//	var w *runtime.Worker // in init: runtime.Open(ctx, "aws://?queue=..."), NewWorker, Register
 //
 //	func handler(ctx context.Context, ev events.SQSEvent) (events.SQSEventResponse, error) {
 //		var resp events.SQSEventResponse
 //		for _, m := range ev.Records {
-//			// A job delayed beyond SQS's 15 minutes surfaces early: Postpone sends
-//			// it again with the rest of its delay, and this message is done.
-//			later, err := b.Postpone(ctx, []byte(m.Body))
-//			if err == nil && !later {
-//				err = w.HandleMessage(ctx, []byte(m.Body))
-//			}
-//			if err != nil { // the message becomes visible again
+//			// A job delayed beyond SQS's 15 minutes surfaces early: HandleMessage
+//			// sends it again with the rest of its delay, and this message is done.
+//			if err := w.HandleMessage(ctx, []byte(m.Body)); err != nil { // visible again
 //				resp.BatchItemFailures = append(resp.BatchItemFailures,
 //					events.SQSBatchItemFailure{ItemIdentifier: m.MessageId})
 //			}

@@ -89,22 +89,6 @@ func (b *Backend) DecodeMessage(body []byte) (*backend.Delivery, error) {
 	return &backend.Delivery{Job: j, Deliveries: prior + 1}, nil
 }
 
-// Postpone is for serverless handlers, before Worker.HandleMessage: when the job in
-// body is not due yet (it was delayed longer than SQS's 15 minutes, so it surfaced
-// early), Postpone sends it again with the remaining delay and reports true, and the
-// handler reports the message as handled, so that the trigger deletes it. A body that is
-// not a job is left to HandleMessage.
-func (b *Backend) Postpone(ctx context.Context, body []byte) (bool, error) {
-	j, prior, err := decodeJob(string(body))
-	if err != nil || time.Until(j.NotBefore) <= earlyGrace {
-		return false, nil
-	}
-	if err := b.send(ctx, b.queueURL, []backend.Job{j}, prior+1); err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
 // ScannedName names the reconciler's count of scanned runs "scannedItems"
 // (backend.ScanNamer): the reconciler reads status items.
 func (b *Backend) ScannedName() string { return "scannedItems" }

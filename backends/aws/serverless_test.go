@@ -83,11 +83,6 @@ func TestHandleMessage(t *testing.T) {
 		}
 		for _, m := range out.Messages {
 			body := awssdk.ToString(m.Body)
-			if postponed, err := b.Postpone(ctx, []byte(body)); err != nil {
-				t.Fatal(err)
-			} else if postponed {
-				t.Fatalf("job %s postponed: no job here is delayed beyond 15 minutes", body)
-			}
 			if err := w.HandleMessage(ctx, []byte(body)); err != nil {
 				if body != "not a job" {
 					t.Fatalf("HandleMessage(%s) = %v", body, err)
@@ -148,18 +143,6 @@ func TestDecodeMessageAndDeadLetter(t *testing.T) {
 	}
 	if r := out.Messages[0].MessageAttributes["flowgen-reason"]; awssdk.ToString(r.StringValue) != "poison" {
 		t.Errorf("dead-letter reason = %q, want poison", awssdk.ToString(r.StringValue))
-	}
-	// Postpone: a job due later than SQS's longest delay is sent again; a due job and a
-	// body that is not a job are left to HandleMessage.
-	far := j
-	far.NotBefore = time.Now().Add(20 * time.Minute)
-	for _, tc := range []struct {
-		body string
-		want bool
-	}{{encodeJob(far, 0), true}, {encodeJob(j, 0), false}, {"garbage", false}} {
-		if got, err := b.Postpone(ctx, []byte(tc.body)); err != nil || got != tc.want {
-			t.Errorf("Postpone(%s) = %v, %v; want %v", tc.body, got, err, tc.want)
-		}
 	}
 	if b.ScannedName() != "scannedItems" {
 		t.Errorf("ScannedName = %q", b.ScannedName())
