@@ -18,10 +18,10 @@ import (
 
 // Azure Queue Storage limits.
 const (
-	maxBatch      = 32                // messages per dequeue call
-	maxVisibility = 7 * 24 * 3600     // seconds, visibility timeout of a message
-	maxErr        = 16 << 10          // bytes of Job.Err carried in a message
-	maxReason     = 24 << 10          // bytes of a dead-letter reason kept
+	maxBatch      = 32            // messages per dequeue call
+	maxVisibility = 7 * 24 * 3600 // seconds, visibility timeout of a message
+	maxErr        = 16 << 10      // bytes of Job.Err carried in a message
+	maxReason     = 24 << 10      // bytes of a dead-letter reason kept
 	earlyGrace    = 50 * time.Millisecond
 	minPoll       = 10 * time.Millisecond  // first pause of a Dequeue that found nothing
 	maxPoll       = 250 * time.Millisecond // longest pause between two polls

@@ -240,10 +240,13 @@ const orphanAge = 10 * time.Minute
 // container with a parameterised query (status, workflow, lastUpdated < UpdatedBefore),
 // page by page with continuation tokens, then checks each candidate against its record
 // in Redis, which is the truth: a run that no longer matches is left out, and a status
-// item that lags behind its record (a crash between the commit and the item's update)
-// is repaired. The gateway cannot ORDER BY across partitions, so the order is made
-// here. An item's lastUpdated is never later than its run's last change, so the query
-// finds every run not updated since UpdatedBefore, and more.
+// item that lags behind its record (the item is updated just after the commit, or
+// after a crash not at all) is repaired. The gateway cannot ORDER BY across
+// partitions, so the order is made here. An item's lastUpdated is never later than its
+// run's last change, so the query finds every run not updated since UpdatedBefore, and
+// more; a query for a final status also takes the running items as candidates, since
+// a run's end reaches its item last. A rerun (final to running) whose item update was
+// lost is found by a query for running runs only once its item is repaired.
 func (b *Backend) ListRuns(ctx context.Context, f backend.RunFilter) ([]*backend.Run, error) {
 	if err := b.check(); err != nil {
 		return nil, err
@@ -254,9 +257,17 @@ func (b *Backend) ListRuns(ctx context.Context, f backend.RunFilter) ([]*backend
 	}
 	var where []string
 	var params []azcosmos.QueryParameter
-	if f.Status != "" {
+	switch {
+	case f.Status == backend.Running:
 		where = append(where, "c.status = @status")
 		params = append(params, azcosmos.QueryParameter{Name: "@status", Value: string(f.Status)})
+	case f.Status != "":
+		// A run that just ended may still have a running item: the item is updated
+		// after the commit that ended the run (and whoever awaited the run may list it
+		// before that). So running items are candidates too.
+		where = append(where, "(c.status = @status OR c.status = @running)")
+		params = append(params, azcosmos.QueryParameter{Name: "@status", Value: string(f.Status)},
+			azcosmos.QueryParameter{Name: "@running", Value: string(backend.Running)})
 	}
 	if f.Workflow != "" {
 		where = append(where, "c.workflow = @workflow")
