@@ -29,8 +29,12 @@ func (b *Backend) create(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, c := range []string{b.opts.Contexts, b.opts.Statuses} {
-		props := azcosmos.ContainerProperties{ID: c, PartitionKeyDefinition: azcosmos.PartitionKeyDefinition{Paths: []string{"/runId"}}}
+	for c, indexed := range map[string][]string{
+		b.opts.Contexts: {"/runId/?"},
+		b.opts.Statuses: {"/status/?", "/workflow/?", "/lastUpdated/?", "/created/?"},
+	} {
+		props := azcosmos.ContainerProperties{ID: c, PartitionKeyDefinition: azcosmos.PartitionKeyDefinition{Paths: []string{"/runId"}},
+			IndexingPolicy: indexing(indexed)}
 		if _, err := db.CreateContainer(ctx, props, nil); err != nil && statusCode(err) != 409 {
 			return fmt.Errorf("azure: create Cosmos DB container %s: %w", c, err)
 		}
@@ -56,4 +60,15 @@ func (b *Backend) drop(ctx context.Context) error {
 	_, err = b.statuses.Delete(ctx, nil)
 	note(err)
 	return first
+}
+
+// indexing is a consistent indexing policy of only the given paths: the values and
+// results are never indexed, which saves request units on every write.
+func indexing(paths []string) *azcosmos.IndexingPolicy {
+	p := &azcosmos.IndexingPolicy{Automatic: true, IndexingMode: azcosmos.IndexingModeConsistent,
+		ExcludedPaths: []azcosmos.ExcludedPath{{Path: "/*"}}}
+	for _, path := range paths {
+		p.IncludedPaths = append(p.IncludedPaths, azcosmos.IncludedPath{Path: path})
+	}
+	return p
 }
