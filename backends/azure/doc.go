@@ -127,8 +127,11 @@
 //     patches it to 404, which the real service answers).
 //   - Indexing policies and consistency levels cannot be checked against it; queries
 //     use only the paths the policy of create=1 and `flowgen infra azure` indexes
-//     (runId; status, workflow, lastUpdated), and point reads are what the design
-//     relies on for values (strongly consistent within the session on the service).
+//     (runId; status, workflow, lastUpdated). Under the service's session consistency
+//     another process's point read of a value item just written may reach a replica
+//     that lacks it: a 404 for an item that a committed reference names is retried for
+//     about two seconds. Status items need no such care: Redis is read for the truth,
+//     and writes are conditional on the ETag, which the service checks on the primary.
 //
 // Azurite has no long poll either (nor has the real service). Neither server's speed
 // says anything about the real services'.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
 
@@ -127,6 +128,17 @@ func (b *Backend) resolve(ctx context.Context, run string, vals [][]byte, local 
 		i := miss[j]
 		id, _ := refID(vals[i])
 		resp, err := b.contexts.ReadItem(ctx, pk, id, nil)
+		// The item was written before the commit that refers to it, but under session
+		// consistency another client's read may reach a replica that has not got it
+		// yet: a 404 is retried for a while.
+		for try := 1; statusCode(err) == 404 && try <= 12; try++ {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(try) * 25 * time.Millisecond):
+			}
+			resp, err = b.contexts.ReadItem(ctx, pk, id, nil)
+		}
 		if err != nil {
 			return fmt.Errorf("azure: run %s: read value %s from Cosmos DB: %w", run, id, err)
 		}
