@@ -156,6 +156,8 @@ func (b *Backend) CreateRun(ctx context.Context, r *backend.Run, init func(backe
 	if err != nil {
 		return false, err
 	}
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	if !created {
 		if docNew {
 			// The run exists, without a status item: mirror it.
@@ -198,6 +200,9 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 	if err := b.rdb.Update(ctx, id, b.wrap(ctx, id, fn, &out)); err != nil {
 		return err
 	}
+	// Committed: what follows completes it even if the caller gives up meanwhile.
+	ctx, cancel := afterCommit(ctx)
+	defer cancel()
 	st := b.state(id)
 	if out.changed || st.due(start, out.created, b.opts.Touch) {
 		if err := b.syncStatus(ctx, id, out.changed); err != nil {
@@ -205,6 +210,12 @@ func (b *Backend) Update(ctx context.Context, id string, fn func(backend.Tx) err
 		}
 	}
 	return b.sendAfterCommit(ctx, id, out.jobs)
+}
+
+// afterCommit is the context of the work that follows a commit (the status item, the
+// jobs): not cancelled with the caller's, bounded on its own.
+func afterCommit(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 }
 
 // Read returns the run and the values of keys from Redis, with the values stored by
