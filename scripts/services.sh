@@ -533,10 +533,18 @@ azure_start_server() {
 }
 
 azure_stop_server() { # [quiet]
-	local p stopped=0
+	local p pid stopped=0
 	for p in azurite cosmos cosmos-tls; do
-		if [ -f "$STATE/azure/$p.pid" ] && kill "$(cat "$STATE/azure/$p.pid")" 2>/dev/null; then
+		[ -f "$STATE/azure/$p.pid" ] || continue
+		pid=$(cat "$STATE/azure/$p.pid")
+		if kill "$pid" 2>/dev/null; then
 			stopped=1
+			# A server busy in a loop may not heed SIGTERM.
+			for _ in $(seq 1 30); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.1
+			done
+			kill -9 "$pid" 2>/dev/null || true
 		fi
 		rm -f "$STATE/azure/$p.pid"
 	done
