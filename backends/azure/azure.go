@@ -168,6 +168,7 @@ type Backend struct {
 
 	wake     wakeup
 	vals     valueCache
+	pageSize int32 // items per page of a query
 	statesMu sync.Mutex
 	states   map[string]*statusState // by run id
 	close    sync.Once
@@ -196,7 +197,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	if o.Prefix == "" {
 		o.Prefix = DefaultPrefix
 	}
-	b := &Backend{opts: o, states: map[string]*statusState{}}
+	b := &Backend{opts: o, states: map[string]*statusState{}, pageSize: 500}
 	b.wake.init()
 	b.vals.init(64 << 20)
 	qopts := &azqueue.ClientOptions{}

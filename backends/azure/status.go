@@ -345,7 +345,7 @@ func (b *Backend) queryStatuses(ctx context.Context, where []string, params []az
 	}
 	var out []statusDoc
 	pager := b.statuses.NewQueryItemsPager(q, azcosmos.NewPartitionKey(), &azcosmos.QueryOptions{
-		QueryParameters: params, PageSizeHint: 500})
+		QueryParameters: params, PageSizeHint: b.pageSize})
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
 		if err != nil {
@@ -382,7 +382,7 @@ func (b *Backend) deleteStatus(ctx context.Context, id string) {
 func (b *Backend) deleteValues(ctx context.Context, id string) error {
 	pk := azcosmos.NewPartitionKeyString(id)
 	pager := b.contexts.NewQueryItemsPager("SELECT c.id FROM c WHERE c.runId = @runId", pk, &azcosmos.QueryOptions{
-		QueryParameters: []azcosmos.QueryParameter{{Name: "@runId", Value: id}}, PageSizeHint: 500})
+		QueryParameters: []azcosmos.QueryParameter{{Name: "@runId", Value: id}}, PageSizeHint: b.pageSize})
 	var ids []string
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
