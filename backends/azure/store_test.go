@@ -199,3 +199,25 @@ func TestListRunsPagesAndTouch(t *testing.T) {
 		t.Errorf("lastUpdated not refreshed after touch: %d, created %d", d.LastUpdated, created)
 	}
 }
+
+// ExpireRuns deletes a finished run from Redis, its status item and its value items.
+func TestExpireRunsDeletesItems(t *testing.T) {
+	b, _ := open(t)
+	ctx := context.Background()
+	createRun(t, b, "r", func(tx backend.Tx) error { return tx.Put("large", bytes.Repeat([]byte("x"), 100)) })
+	if err := b.Update(ctx, "r", func(tx backend.Tx) error { tx.Run().Status = backend.Completed; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n := countValues(t, b, "r"); n != 1 {
+		t.Fatalf("%d value items before expiry, want 1", n)
+	}
+	if n, err := b.ExpireRuns(ctx, time.Now().Add(time.Second)); err != nil || n != 1 {
+		t.Fatalf("ExpireRuns = %d, %v", n, err)
+	}
+	if n := countValues(t, b, "r"); n != 0 {
+		t.Errorf("%d value items after expiry, want 0", n)
+	}
+	if _, _, ok, err := b.readStatus(ctx, "r"); ok || err != nil {
+		t.Errorf("status item after expiry: present %v, %v", ok, err)
+	}
+}
