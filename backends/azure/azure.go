@@ -167,6 +167,7 @@ type Backend struct {
 	closed                  atomic.Bool
 
 	wake     wakeup
+	idle     idleState
 	vals     valueCache
 	pageSize int32 // items per page of a query
 	statesMu sync.Mutex

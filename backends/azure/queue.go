@@ -187,9 +187,11 @@ func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, jobs []backe
 }
 
 // Dequeue takes up to max jobs (at most 32 per call) with the lease as their
-// visibility timeout, in whole seconds. Queue Storage has no long poll: an empty queue
-// is polled again after a pause that grows from 10ms to 250ms, until wait is over; an
-// Enqueue of this process ends the pause at once.
+// visibility timeout, in whole seconds. Queue Storage has no long poll: after a poll
+// that found nothing, this process polls again only after a pause that grows from 10ms
+// to 250ms with every empty poll (shared by the process's Dequeue calls, so an idle
+// worker costs about four calls a second), until wait is over; an Enqueue of this
+// process ends the pause at once, and a poll that finds jobs resets it.
 //
 // A dequeue in flight is never abandoned: the service hides the messages (and counts
 // a delivery) even when the client hangs up. When ctx ends, Dequeue lets the call
@@ -203,12 +205,40 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 		return nil, nil
 	}
 	deadline := time.Now().Add(wait)
-	pause := minPoll
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		woken := b.wake.wait()
+		if next := b.idle.next(); time.Now().Before(next) {
+			// Polled in vain a moment ago: wait for the pause to end, an Enqueue of
+			// this process, ctx, or the end of wait.
+			d := time.Until(next)
+			last := !deadline.After(next)
+			if last {
+				d = time.Until(deadline)
+			}
+			if d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return nil, ctx.Err()
+				case <-woken:
+					t.Stop()
+					b.idle.reset()
+					last = false
+				case <-t.C:
+				}
+			}
+			if err := b.check(); err != nil {
+				return nil, err
+			}
+			if last {
+				return nil, nil
+			}
+			continue
+		}
 		rctx := context.WithoutCancel(ctx)
 		n := int32(min(max, maxBatch))
 		vis := leaseSeconds(lease)
@@ -218,6 +248,11 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 				return nil, backend.ErrClosed
 			}
 			return nil, fmt.Errorf("azure: dequeue jobs: %w", err)
+		}
+		if len(out.Messages) == 0 {
+			b.idle.empty()
+		} else {
+			b.idle.reset()
 		}
 		if ctx.Err() != nil && len(out.Messages) > 0 {
 			for _, m := range out.Messages {
@@ -237,28 +272,38 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 				ds = append(ds, d)
 			}
 		}
-		rem := time.Until(deadline)
-		if len(ds) > 0 || rem <= 0 {
+		if len(ds) > 0 || !time.Now().Before(deadline) {
 			return ds, nil
 		}
-		if len(out.Messages) > 0 {
-			continue // all re-delayed or dead-lettered: look again at once
-		}
-		t := time.NewTimer(min(pause, rem))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-woken:
-			t.Stop()
-			pause = minPoll
-		case <-t.C:
-			pause = min(2*pause, maxPoll)
-		}
-		if err := b.check(); err != nil {
-			return nil, err
-		}
 	}
+}
+
+// idleState is when this process polls the queue next after polls that found nothing.
+type idleState struct {
+	mu    sync.Mutex
+	pause time.Duration
+	at    time.Time // when the pause ends
+}
+
+func (s *idleState) next() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.at
+}
+
+// empty notes a poll that found nothing: the pause doubles.
+func (s *idleState) empty() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pause = min(max(2*s.pause, minPoll), maxPoll)
+	s.at = time.Now().Add(s.pause)
+}
+
+// reset notes jobs: the next poll may come at once.
+func (s *idleState) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pause, s.at = 0, time.Time{}
 }
 
 func str(p *string) string {
