@@ -152,8 +152,14 @@ func (b *Backend) Enqueue(ctx context.Context, jobs ...backend.Job) error {
 	if err := b.send(ctx, b.queue, jobs, 0); err != nil {
 		return err
 	}
-	b.wake.kick()
+	b.kick()
 	return nil
+}
+
+// kick ends the pause of this process's Dequeue calls: there are jobs.
+func (b *Backend) kick() {
+	b.idle.reset()
+	b.wake.kick()
 }
 
 // send sends jobs to q; prior is the deliveries of earlier copies (message.Prior).
@@ -205,11 +211,13 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 		return nil, nil
 	}
 	deadline := time.Now().Add(wait)
+	// woken is closed by an Enqueue of this process after the last poll began (or
+	// after this call began), which may have missed its jobs.
+	woken := b.wake.wait()
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		woken := b.wake.wait()
 		if next := b.idle.next(); time.Now().Before(next) {
 			// Polled in vain a moment ago: wait for the pause to end, an Enqueue of
 			// this process, ctx, or the end of wait.
@@ -239,6 +247,7 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 			}
 			continue
 		}
+		woken = b.wake.wait()
 		rctx := context.WithoutCancel(ctx)
 		n := int32(min(max, maxBatch))
 		vis := leaseSeconds(lease)
@@ -428,7 +437,7 @@ func (b *Backend) Requeue(ctx context.Context, d *backend.Delivery, next backend
 	if err := b.send(ctx, b.queue, []backend.Job{next}, 0); err != nil {
 		return err
 	}
-	b.wake.kick()
+	b.kick()
 	return b.deleteOne(ctx, h)
 }
 
