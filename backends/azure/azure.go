@@ -203,6 +203,8 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	b.vals.init(64 << 20)
 	qopts := &azqueue.ClientOptions{}
 	qopts.PerRetryPolicies = []policy.Policy{&meter{calls: &b.queueCalls}}
+	// Queue calls answer at once (there is no long poll): one that hangs is retried.
+	qopts.Retry.TryTimeout = 20 * time.Second
 	var err error
 	if b.queue, err = azqueue.NewQueueClientFromConnectionString(o.Storage, o.Queue, qopts); err != nil {
 		return nil, fmt.Errorf("azure: storage connection string: %w", err)
@@ -214,7 +216,7 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	copts.PerRetryPolicies = []policy.Policy{&meter{calls: &b.cosmosCalls, ru: &b.cosmosRU}}
 	if o.CosmosInsecureTLS {
 		// Only for the local emulator's self-signed certificate; never a default.
-		copts.Transport = &http.Client{Transport: &http.Transport{
+		copts.Transport = &http.Client{Timeout: 65 * time.Second, Transport: &http.Transport{
 			TLSClientConfig:     &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // explicit test option
 			MaxIdleConnsPerHost: 64,
 		}}
