@@ -197,7 +197,8 @@ func (b *Backend) send(ctx context.Context, q *azqueue.QueueClient, jobs []backe
 // that found nothing, this process polls again only after a pause that grows from 10ms
 // to 250ms with every empty poll (shared by the process's Dequeue calls, so an idle
 // worker costs about four calls a second), until wait is over; an Enqueue of this
-// process ends the pause at once, and a poll that finds jobs resets it.
+// process ends the pause at once. A poll that finds fewer jobs than it asked for is
+// followed by the shortest pause, a full one by none.
 //
 // A dequeue in flight is never abandoned: the service hides the messages (and counts
 // a delivery) even when the client hangs up. When ctx ends, Dequeue lets the call
@@ -258,9 +259,12 @@ func (b *Backend) Dequeue(ctx context.Context, max int, lease, wait time.Duratio
 			}
 			return nil, fmt.Errorf("azure: dequeue jobs: %w", err)
 		}
-		if len(out.Messages) == 0 {
+		switch {
+		case len(out.Messages) == 0:
 			b.idle.empty()
-		} else {
+		case len(out.Messages) < int(n):
+			b.idle.drained()
+		default:
 			b.idle.reset()
 		}
 		if ctx.Err() != nil && len(out.Messages) > 0 {
@@ -305,6 +309,16 @@ func (s *idleState) empty() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pause = min(max(2*s.pause, minPoll), maxPoll)
+	s.at = time.Now().Add(s.pause)
+}
+
+// drained notes a poll that found fewer jobs than it asked for: the queue is empty for
+// now, so the next poll waits the shortest pause (an Enqueue of this process ends it),
+// instead of asking in vain at once.
+func (s *idleState) drained() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pause = minPoll
 	s.at = time.Now().Add(s.pause)
 }
 
