@@ -133,6 +133,8 @@
 //     about two seconds. Status items need no such care: Redis is read for the truth,
 //     and writes are conditional on the ETag, which the service checks on the primary.
 //
-// Azurite has no long poll either (nor has the real service). Neither server's speed
-// says anything about the real services'.
+// Azurite has no long poll either (nor has the real service), and its in-memory GC
+// deletes one extent per message written with a linear scan each, every minute, which
+// blocks it for minutes under test load: services.sh makes it run once a day. Neither
+// server's speed says anything about the real services'.
 package azure
