@@ -63,7 +63,7 @@ test)
 	verify
 	lint
 	log "starting the servers the backend tests need (scripts/services.sh)"
-	eval "$(bash scripts/services.sh start postgres redis redis-cluster aws)"
+	eval "$(bash scripts/services.sh start postgres redis redis-cluster aws azure)"
 	trap 'bash scripts/services.sh stop >&2 || true' EXIT
 	log "go test -race ./..."
 	go test -race -count=1 ./...

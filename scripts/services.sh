@@ -5,7 +5,10 @@
 #   scripts/services.sh status [SERVICE...]  say which services answer
 #   scripts/services.sh stop [SERVICE...]    stop the servers this script started
 # Services: postgres (FLOWGEN_TEST_POSTGRES), redis (FLOWGEN_TEST_REDIS),
-# redis-cluster (FLOWGEN_TEST_REDIS_CLUSTER: three masters), aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm).
+# redis-cluster (FLOWGEN_TEST_REDIS_CLUSTER: three masters),
+# aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm),
+# azure (FLOWGEN_TEST_AZURE and FLOWGEN_TEST_AZURE_TLS: Azurite and cosmosdb-server from
+# npm, plus the redis service, which it starts when it is not running).
 # Without a name, every service. Use it as
 #   eval "$(scripts/services.sh start postgres)"
 # Export lines go to stdout, everything else to stderr. A service whose variable is set
@@ -20,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SERVICES=(postgres redis redis-cluster aws)
+SERVICES=(postgres redis redis-cluster aws azure)
 STATE=${FLOWGEN_SERVICES_DIR:-$PWD/.services}
 HOST=127.0.0.1
 
@@ -90,7 +93,10 @@ current_url() {
 	return 1
 }
 
-print_export() { printf "export %s='%s'\n" "$(var_of "$1")" "$2"; }
+print_export() {
+	printf "export %s='%s'\n" "$(var_of "$1")" "$2"
+	if declare -F "$1_more_exports" >/dev/null; then "$1_more_exports"; fi
+}
 
 cmd_start() {
 	local var url
@@ -472,6 +478,161 @@ aws_stop_server() { # [quiet]
 	rm -f "$STATE/aws/dynalite.pid" "$STATE/aws/sqs.pid" "$STATE/aws/url"
 	if [ "${1:-}" != quiet ]; then
 		if [ $stopped = 1 ]; then log "aws: stopped dynalite and local-aws-sqs"; else log "aws: no server started by this script"; fi
+	fi
+	return 0
+}
+
+# ---------- azure ----------
+# Azurite (Azure Storage Queues) and @vercel/cosmosdb-server (Cosmos DB), Node programs
+# from npm installed into $STATE/npm, plus the redis service. Two Cosmos servers run: one
+# over plain HTTP (--no-ssl, about 3x faster) for the suite, and one over HTTPS with its
+# self-signed certificate for the test of the cosmos_insecure_tls=1 option, exported as
+# FLOWGEN_TEST_AZURE_TLS (a Cosmos connection string). The URL carries everything, the
+# connection strings percent-encoded:
+#   azure://?storage=<Azurite connection string>&cosmos=<Cosmos connection string>&redis=redis://…
+# Both servers accept the well-known public development keys used here.
+
+VAR_azure=FLOWGEN_TEST_AZURE
+AZURITE_VERSION=3.37.0
+COSMOSDB_SERVER_VERSION=1.0.1
+AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+COSMOS_KEY='C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=='
+
+# urlenc STRING percent-encodes STRING for a URL query.
+urlenc() {
+	local s=$1 out='' c h i
+	for ((i = 0; i < ${#s}; i++)); do
+		c=${s:i:1}
+		case $c in
+		[a-zA-Z0-9._~-]) out+=$c ;;
+		*)
+			printf -v h '%%%02X' "'$c"
+			out+=$h
+			;;
+		esac
+	done
+	printf '%s' "$out"
+}
+
+# urldec STRING decodes percent-encoding.
+urldec() {
+	local s=${1//+/ }
+	printf '%b' "${s//%/\\x}"
+}
+
+# hostport_of TEXT KEY prints host port of the http(s) URL that follows KEY= in TEXT.
+hostport_of() {
+	local v=${1#*"$2"=}
+	[ "$v" != "$1" ] || return 1
+	v=${v#*://}
+	v=${v%%[/;&]*}
+	echo "${v%:*} ${v##*:}"
+}
+
+azure_answers() { # URL
+	local s c r hp
+	s=$(aws_param "$1" storage) || return 1
+	c=$(aws_param "$1" cosmos) || return 1
+	r=$(aws_param "$1" redis) || return 1
+	hp=$(hostport_of "$(urldec "$s")" QueueEndpoint) || return 1
+	# shellcheck disable=SC2086
+	tcp_answers $hp || return 1
+	hp=$(hostport_of "$(urldec "$c")" AccountEndpoint) || return 1
+	# shellcheck disable=SC2086
+	tcp_answers $hp || return 1
+	redis_answers "$(urldec "$r")"
+}
+
+azure_more_exports() {
+	local p
+	p=$(cat "$STATE/azure/cosmos-tls.port" 2>/dev/null) || return 0
+	printf "export FLOWGEN_TEST_AZURE_TLS='%s'\n" "AccountEndpoint=https://$HOST:$p/;AccountKey=$COSMOS_KEY;"
+}
+
+azure_start_server() {
+	local dir="$STATE/npm" redis_url q_port c_port t_port f p storage cosmos
+	command -v node >/dev/null || apt_install nodejs npm
+	mkdir -p "$dir" "$STATE/azure"
+	if ! redis_url=$(current_url redis); then
+		redis_stop_server quiet
+		redis_start_server
+		redis_url=$(saved_url redis)
+	fi
+	local pkgs=()
+	aws_npm_has azurite "$AZURITE_VERSION" || pkgs+=("azurite@$AZURITE_VERSION")
+	aws_npm_has @vercel/cosmosdb-server "$COSMOSDB_SERVER_VERSION" || pkgs+=("@vercel/cosmosdb-server@$COSMOSDB_SERVER_VERSION")
+	if [ ${#pkgs[@]} -gt 0 ]; then
+		command -v npm >/dev/null || die "azure: needs npm to install ${pkgs[*]}"
+		[ -f "$dir/package.json" ] || echo '{"name":"flowgen-emulators","private":true}' >"$dir/package.json"
+		log "azure: npm install ${pkgs[*]} into $dir (about a minute the first time)"
+		(cd "$dir" && npm install --no-audit --no-fund --loglevel=error "${pkgs[@]}" \
+			>"$STATE/azure/npm-install.log" 2>&1) || {
+			cat "$STATE/azure/npm-install.log" >&2
+			die "azure: npm install failed"
+		}
+	fi
+	# cosmosdb-server 1.0.1 answers a point read of a missing item with 500 (a TypeError)
+	# instead of 404: guard the dereference (idempotent).
+	f="$dir/node_modules/@vercel/cosmosdb-server/lib/handler/read-document.js"
+	sed -i 's/if (data\[path\] !== clientKeys\[i\]) {/if (!data || data[path] !== clientKeys[i]) {/' "$f"
+	# Azurite 3.37.0's queue GC runs every minute and deletes each unreferenced extent (one
+	# per message written) from an indexed in-memory collection one at a time: quadratic,
+	# it blocks the server for minutes once the tests have written some ten thousand
+	# messages. These servers are throwaway: run it once a day (idempotent).
+	sed -i 's/^exports.DEFAULT_GC_INTERVAL_MS = 60 \* 1000;/exports.DEFAULT_GC_INTERVAL_MS = 24 * 60 * 60 * 1000;/' \
+		"$dir/node_modules/azurite/dist/src/queue/utils/constants.js"
+	q_port=$(free_port)
+	(cd "$STATE/azure" && exec nohup node "$dir/node_modules/azurite/dist/src/queue/main.js" \
+		--queueHost "$HOST" --queuePort "$q_port" --inMemoryPersistence --disableTelemetry \
+		--skipApiVersionCheck --silent >"$STATE/azure/azurite.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/azure/azurite.pid"
+	c_port=$(free_port)
+	(cd "$dir" && exec nohup node node_modules/@vercel/cosmosdb-server/lib/cli.js \
+		--host "$HOST" --port "$c_port" --no-ssl >"$STATE/azure/cosmos.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/azure/cosmos.pid"
+	t_port=$(free_port)
+	(cd "$dir" && exec nohup node node_modules/@vercel/cosmosdb-server/lib/cli.js \
+		--host "$HOST" --port "$t_port" >"$STATE/azure/cosmos-tls.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/azure/cosmos-tls.pid"
+	for _ in $(seq 1 150); do
+		if tcp_answers "$HOST" "$q_port" && tcp_answers "$HOST" "$c_port" && tcp_answers "$HOST" "$t_port"; then
+			storage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$AZURITE_KEY;QueueEndpoint=http://$HOST:$q_port/devstoreaccount1;"
+			cosmos="AccountEndpoint=http://$HOST:$c_port/;AccountKey=$COSMOS_KEY;"
+			echo "$t_port" >"$STATE/azure/cosmos-tls.port"
+			save_url azure "azure://?storage=$(urlenc "$storage")&cosmos=$(urlenc "$cosmos")&redis=$(urlenc "$redis_url")"
+			log "azure: Azurite on $HOST:$q_port, cosmosdb-server on $HOST:$c_port (http) and $HOST:$t_port (https), redis at $redis_url (stop them with: scripts/services.sh stop azure)"
+			return 0
+		fi
+		for p in azurite cosmos cosmos-tls; do
+			kill -0 "$(cat "$STATE/azure/$p.pid")" 2>/dev/null || {
+				tail -n 20 "$STATE/azure/$p.log" >&2
+				die "azure: $p exited; see $STATE/azure/$p.log"
+			}
+		done
+		sleep 0.1
+	done
+	die "azure: the servers did not answer in 15s; see $STATE/azure/*.log"
+}
+
+azure_stop_server() { # [quiet]
+	local p pid stopped=0
+	for p in azurite cosmos cosmos-tls; do
+		[ -f "$STATE/azure/$p.pid" ] || continue
+		pid=$(cat "$STATE/azure/$p.pid")
+		if kill "$pid" 2>/dev/null; then
+			stopped=1
+			# A server busy in a loop may not heed SIGTERM.
+			for _ in $(seq 1 30); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.1
+			done
+			kill -9 "$pid" 2>/dev/null || true
+		fi
+		rm -f "$STATE/azure/$p.pid"
+	done
+	rm -f "$STATE/azure/url" "$STATE/azure/cosmos-tls.port"
+	if [ "${1:-}" != quiet ]; then
+		if [ $stopped = 1 ]; then log "azure: stopped Azurite and cosmosdb-server (not redis)"; else log "azure: no server started by this script"; fi
 	fi
 	return 0
 }

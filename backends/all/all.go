@@ -4,6 +4,7 @@ package all
 
 import (
 	_ "github.com/flowgen/flowgen/backends/aws"      // aws://
+	_ "github.com/flowgen/flowgen/backends/azure"    // azure://
 	_ "github.com/flowgen/flowgen/backends/mem"      // mem://
 	_ "github.com/flowgen/flowgen/backends/postgres" // postgres://, postgresql://
 	_ "github.com/flowgen/flowgen/backends/redis"    // redis://, rediss://

@@ -174,6 +174,7 @@ func (s *suite) reconcileStats(t *testing.T) {
 	const stalledAfter = 500 * time.Millisecond // the fresh run must stay fresh
 	fb, c := s.faulty(t)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
 	f := newFlow("reconcile-stats").
 		node("a", func(ctx context.Context, t *runtime.Task) (runtime.Output, error) {
 			var in int
@@ -191,6 +192,9 @@ func (s *suite) reconcileStats(t *testing.T) {
 	stranger := newFlow("stranger").node("x", fromRun(add(1))).build()
 	w := s.newWorker(t, c, []*runtime.Workflow{wf})
 	runWorker(t, w)
+	// A failing check must not leave the fresh run's node blocked: the worker's
+	// cleanup, which runs after this one, waits for it.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	ctx := ctxT(t)
 
 	done, err := runtime.Start(ctx, c, wf, 0)
@@ -243,7 +247,7 @@ func (s *suite) reconcileStats(t *testing.T) {
 
 	// The store is back: the next pass reconciles the other run.
 	fb.set(func(f *faulty) { f.failUpdate = nil })
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	if _, err := runtime.Await(ctx, c, fresh); err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,32 @@ import (
 )
 
 // infraCmd prints the commands and the Terraform that create a backend's cloud
-// resources: `flowgen infra aws [flags]`.
+// resources: `flowgen infra aws|azure [flags]`.
 func infraCmd(args []string, stdout, stderr io.Writer) error {
+	usage := func() {
+		fmt.Fprint(stderr, "Usage: flowgen infra aws|azure [flags]   (flowgen infra aws -h, flowgen infra azure -h)\n\n"+
+			"Prints the CLI commands and the Terraform that create what a backend uses, with the\n"+
+			"names the backend uses when its URL names none.\n")
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		usage()
+		if len(args) == 0 {
+			return errors.New("infra: name a cloud: flowgen infra aws|azure")
+		}
+		return flag.ErrHelp
+	}
+	cloud, args := args[0], args[1:]
+	switch cloud {
+	case "aws":
+		return infraAWS(args, stdout, stderr)
+	case "azure":
+		return infraAzure(args, stdout, stderr)
+	}
+	return fmt.Errorf("infra: unknown cloud %q (known: aws, azure)", cloud)
+}
+
+// infraAWS prints the AWS resources: `flowgen infra aws [flags]`.
+func infraAWS(args []string, stdout, stderr io.Writer) error {
 	usage := func() {
 		fmt.Fprint(stderr, "Usage: flowgen infra aws [-format cli|terraform|both] [-queue NAME] [-dlq NAME] [-contexts NAME]\n"+
 			"                        [-statuses NAME] [-coordination NAME] [-max-receives N] [-region REGION]\n\n"+
@@ -22,17 +46,6 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 			"the statuses table's status-lastUpdated index, and TTL on expiresAt on all three (the\n"+
 			"backend sets it on finished runs; its URL's ttl= says when). The defaults are the\n"+
 			"names the backend uses when its URL names none.\n\n")
-	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
-		usage()
-		if len(args) == 0 {
-			return errors.New("infra: name a cloud: flowgen infra aws")
-		}
-		return flag.ErrHelp
-	}
-	cloud, args := args[0], args[1:]
-	if cloud != "aws" {
-		return fmt.Errorf("infra: unknown cloud %q (known: aws)", cloud)
 	}
 	fs := flag.NewFlagSet("flowgen infra aws", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -57,23 +70,28 @@ func infraCmd(args []string, stdout, stderr io.Writer) error {
 		c.RegionFlag = " --region " + c.Region
 	}
 	c.Ident = func(s string) string { return strings.NewReplacer("-", "_", ".", "_").Replace(s) }
+	return printInfra(stdout, *format, awsCLI, awsTerraform, c.Ident, c)
+}
+
+// printInfra prints the CLI template, the Terraform template or both, as format says.
+func printInfra(stdout io.Writer, format, cli, terraform string, ident func(string) string, data any) error {
 	var tmpls []string
-	switch *format {
+	switch format {
 	case "cli":
-		tmpls = []string{awsCLI}
+		tmpls = []string{cli}
 	case "terraform":
-		tmpls = []string{awsTerraform}
+		tmpls = []string{terraform}
 	case "both":
-		tmpls = []string{awsCLI, awsTerraform}
+		tmpls = []string{cli, terraform}
 	default:
-		return fmt.Errorf("infra: -format %q: want cli, terraform or both", *format)
+		return fmt.Errorf("infra: -format %q: want cli, terraform or both", format)
 	}
 	for i, src := range tmpls {
 		if i > 0 {
 			fmt.Fprintln(stdout)
 		}
-		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": c.Ident, "join": strings.Join}).Parse(src))
-		if err := t.Execute(stdout, c); err != nil {
+		t := template.Must(template.New("infra").Funcs(template.FuncMap{"ident": ident, "join": strings.Join}).Parse(src))
+		if err := t.Execute(stdout, data); err != nil {
 			return err
 		}
 	}

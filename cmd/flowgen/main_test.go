@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/flowgen/flowgen/backends/azure"
 	"github.com/flowgen/flowgen/schema"
 )
 
@@ -203,5 +204,28 @@ func TestInfraAWS(t *testing.T) {
 	}
 	if code, _, _ := flowgen(t, "infra", "gcp"); code == 0 {
 		t.Error("infra gcp succeeded")
+	}
+}
+
+func TestInfraAzure(t *testing.T) {
+	code, stdout, stderr := flowgen(t, "infra", "azure", "-format", "both", "-queue", "jobs-q")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	// The defaults are the azure:// backend's.
+	for _, want := range []string{"az storage queue create --name jobs-q ", "az storage queue create --name jobs-q-poison ",
+		"--name " + azure.DefaultContexts + " --partition-key-path /runId", "--name " + azure.DefaultStatuses + " --partition-key-path /runId",
+		"az cosmosdb sql database create --account-name flowgen-cosmos --resource-group flowgen-rg --name " + azure.DefaultDatabase,
+		"az redis create", "AZURE_STORAGE_CONNECTION_STRING", "COSMOS_DB_CONNECTION_STRING", "REDIS_URL",
+		`resource "azurerm_storage_queue" "jobs_q_poison"`, `resource "azurerm_cosmosdb_sql_container" "statuses"`,
+		`partition_key_paths = ["/runId"]`, `resource "azurerm_redis_cache"`} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("infra azure output lacks %q", want)
+		}
+	}
+	code, stdout, _ = flowgen(t, "infra", "azure", "-format", "cli")
+	if code != 0 || !strings.Contains(stdout, "az storage queue create --name "+azure.DefaultQueue+" ") ||
+		!strings.Contains(stdout, azure.DefaultQueue+azure.PoisonSuffix) || strings.Contains(stdout, "resource ") {
+		t.Errorf("infra azure -format cli: exit %d, output %s", code, stdout)
 	}
 }
