@@ -16,6 +16,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/azcosmos"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 
@@ -45,11 +46,15 @@ const (
 	MaxValueSize = 1 << 20
 )
 
-// Environment variables read when the URL gives no connection string.
+// Environment variables read when the URL gives no connection string or endpoint.
 const (
 	EnvStorage = "AZURE_STORAGE_CONNECTION_STRING"
 	EnvCosmos  = "COSMOS_DB_CONNECTION_STRING"
 	EnvRedis   = "REDIS_URL"
+	// EnvQueueEndpoint and EnvCosmosEndpoint name the services for a token credential
+	// (Microsoft Entra ID), used when there is no connection string.
+	EnvQueueEndpoint  = "AZURE_STORAGE_QUEUE_ENDPOINT"
+	EnvCosmosEndpoint = "COSMOS_DB_ENDPOINT"
 )
 
 func init() {
@@ -65,11 +70,21 @@ type Options struct {
 	Contexts, Statuses string
 	// Storage, Cosmos and Redis are the connection strings (Redis: a redis:// URL).
 	Storage, Cosmos, Redis string
-	Prefix                 string
-	Inline                 int
-	Touch                  time.Duration
-	MaxDeliveries          int
-	Create                 bool
+	// QueueEndpoint (the queue service URL, https://ACCOUNT.queue.core.windows.net/)
+	// and CosmosEndpoint (https://ACCOUNT.documents.azure.com:443/) are used, with a
+	// token credential, when Storage or Cosmos respectively is empty: a connection
+	// string wins.
+	QueueEndpoint, CosmosEndpoint string
+	// Credential authenticates to the endpoints (never used with a connection string).
+	// When nil and an endpoint is used, New uses azidentity's DefaultAzureCredential:
+	// the environment (AZURE_CLIENT_ID, …), workload identity, managed identity, the
+	// Azure CLI. Only a caller of New can set it; ParseURL leaves it nil.
+	Credential    azcore.TokenCredential
+	Prefix        string
+	Inline        int
+	Touch         time.Duration
+	MaxDeliveries int
+	Create        bool
 	// CosmosInsecureTLS accepts any certificate from Cosmos DB: for the local emulator
 	// and its self-signed certificate only.
 	CosmosInsecureTLS bool
@@ -94,7 +109,8 @@ func ParseURL(raw string) (Options, error) {
 	known := map[string]bool{}
 	for k, dst := range map[string]*string{"queue": &o.Queue, "poison": &o.Poison, "database": &o.Database,
 		"contexts": &o.Contexts, "statuses": &o.Statuses, "storage": &o.Storage, "cosmos": &o.Cosmos,
-		"redis": &o.Redis, "prefix": &o.Prefix} {
+		"redis": &o.Redis, "prefix": &o.Prefix, "queue_endpoint": &o.QueueEndpoint,
+		"cosmos_endpoint": &o.CosmosEndpoint} {
 		known[k] = true
 		if q.Has(k) {
 			if q.Get(k) == "" {
@@ -144,9 +160,17 @@ func ParseURL(raw string) (Options, error) {
 	for _, v := range []struct {
 		dst *string
 		env string
-	}{{&o.Storage, EnvStorage}, {&o.Cosmos, EnvCosmos}, {&o.Redis, EnvRedis}} {
+	}{{&o.Storage, EnvStorage}, {&o.Cosmos, EnvCosmos}, {&o.Redis, EnvRedis},
+		{&o.QueueEndpoint, EnvQueueEndpoint}, {&o.CosmosEndpoint, EnvCosmosEndpoint}} {
 		if *v.dst == "" {
 			*v.dst = os.Getenv(v.env)
+		}
+	}
+	for _, v := range []struct{ name, val string }{{"queue_endpoint", o.QueueEndpoint}, {"cosmos_endpoint", o.CosmosEndpoint}} {
+		if v.val != "" {
+			if err := checkEndpoint(v.name, v.val); err != nil {
+				return o, err
+			}
 		}
 	}
 	return o, nil
@@ -188,10 +212,12 @@ func Open(ctx context.Context, rawURL string) (*Backend, error) {
 // o.Create, creates the queues, database and containers that are missing.
 func New(ctx context.Context, o Options) (*Backend, error) {
 	switch {
-	case o.Storage == "":
-		return nil, fmt.Errorf("azure: no Storage connection string: set storage= in the URL or %s", EnvStorage)
-	case o.Cosmos == "":
-		return nil, fmt.Errorf("azure: no Cosmos DB connection string: set cosmos= in the URL or %s", EnvCosmos)
+	case o.Storage == "" && o.QueueEndpoint == "":
+		return nil, fmt.Errorf("azure: no Storage connection string or queue endpoint: set storage= or queue_endpoint= in the URL, or %s or %s",
+			EnvStorage, EnvQueueEndpoint)
+	case o.Cosmos == "" && o.CosmosEndpoint == "":
+		return nil, fmt.Errorf("azure: no Cosmos DB connection string or endpoint: set cosmos= or cosmos_endpoint= in the URL, or %s or %s",
+			EnvCosmos, EnvCosmosEndpoint)
 	case o.Redis == "":
 		return nil, fmt.Errorf("azure: no Redis URL: set redis= in the URL or %s", EnvRedis)
 	}
@@ -206,11 +232,30 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	// Queue calls answer at once (there is no long poll): one that hangs is retried.
 	qopts.Retry.TryTimeout = 20 * time.Second
 	var err error
-	if b.queue, err = azqueue.NewQueueClientFromConnectionString(o.Storage, o.Queue, qopts); err != nil {
-		return nil, fmt.Errorf("azure: storage connection string: %w", err)
+	cred := o.Credential
+	if cred == nil && (o.Storage == "" || o.Cosmos == "") {
+		if cred, err = azidentity.NewDefaultAzureCredential(nil); err != nil {
+			return nil, fmt.Errorf("azure: default Azure credential (for the endpoints without a connection string): %w", err)
+		}
 	}
-	if b.poison, err = azqueue.NewQueueClientFromConnectionString(o.Storage, o.Poison, qopts); err != nil {
-		return nil, fmt.Errorf("azure: storage connection string: %w", err)
+	if o.Storage != "" {
+		if b.queue, err = azqueue.NewQueueClientFromConnectionString(o.Storage, o.Queue, qopts); err != nil {
+			return nil, fmt.Errorf("azure: storage connection string: %w", err)
+		}
+		if b.poison, err = azqueue.NewQueueClientFromConnectionString(o.Storage, o.Poison, qopts); err != nil {
+			return nil, fmt.Errorf("azure: storage connection string: %w", err)
+		}
+	} else {
+		if err := checkEndpoint("queue_endpoint", o.QueueEndpoint); err != nil {
+			return nil, err
+		}
+		base := strings.TrimSuffix(o.QueueEndpoint, "/") + "/"
+		if b.queue, err = azqueue.NewQueueClient(base+url.PathEscape(o.Queue), cred, qopts); err != nil {
+			return nil, fmt.Errorf("azure: queue endpoint %s: %w", o.QueueEndpoint, err)
+		}
+		if b.poison, err = azqueue.NewQueueClient(base+url.PathEscape(o.Poison), cred, qopts); err != nil {
+			return nil, fmt.Errorf("azure: queue endpoint %s: %w", o.QueueEndpoint, err)
+		}
 	}
 	copts := &azcosmos.ClientOptions{}
 	copts.PerRetryPolicies = []policy.Policy{&meter{calls: &b.cosmosCalls, ru: &b.cosmosRU}}
@@ -221,8 +266,17 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 			MaxIdleConnsPerHost: 64,
 		}}
 	}
-	if b.cosmos, err = azcosmos.NewClientFromConnectionString(o.Cosmos, copts); err != nil {
-		return nil, fmt.Errorf("azure: Cosmos DB connection string: %w", err)
+	if o.Cosmos != "" {
+		if b.cosmos, err = azcosmos.NewClientFromConnectionString(o.Cosmos, copts); err != nil {
+			return nil, fmt.Errorf("azure: Cosmos DB connection string: %w", err)
+		}
+	} else {
+		if err := checkEndpoint("cosmos_endpoint", o.CosmosEndpoint); err != nil {
+			return nil, err
+		}
+		if b.cosmos, err = azcosmos.NewClient(o.CosmosEndpoint, cred, copts); err != nil {
+			return nil, fmt.Errorf("azure: Cosmos DB endpoint %s: %w", o.CosmosEndpoint, err)
+		}
 	}
 	if b.contexts, err = b.cosmos.NewContainer(o.Database, o.Contexts); err != nil {
 		return nil, fmt.Errorf("azure: Cosmos DB container %s: %w", o.Contexts, err)
@@ -260,6 +314,21 @@ func redisURL(raw, prefix string) (string, error) {
 	q.Set("maxvalue", strconv.Itoa(MaxValueSize))
 	u.RawQuery = q.Encode()
 	return u.String(), nil
+}
+
+// checkEndpoint checks that an endpoint is an http(s) URL with a host and no query
+// (the place of a SAS token: use a connection string for that).
+func checkEndpoint(name, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
+		return fmt.Errorf("azure: %s %q: want an https:// URL such as %s", name, redactURL(raw), endpointExample[name])
+	}
+	return nil
+}
+
+var endpointExample = map[string]string{
+	"queue_endpoint":  "https://ACCOUNT.queue.core.windows.net/",
+	"cosmos_endpoint": "https://ACCOUNT.documents.azure.com:443/",
 }
 
 func redactURL(raw string) string {
