@@ -487,7 +487,11 @@ aws_stop_server() { # [quiet]
 # from npm installed into $STATE/npm, plus the redis service. Two Cosmos servers run: one
 # over plain HTTP (--no-ssl, about 3x faster) for the suite, and one over HTTPS with its
 # self-signed certificate for the test of the cosmos_insecure_tls=1 option, exported as
-# FLOWGEN_TEST_AZURE_TLS (a Cosmos connection string). The URL carries everything, the
+# FLOWGEN_TEST_AZURE_TLS (a Cosmos connection string). A second Azurite serves queues over
+# HTTPS (a self-signed certificate made with openssl) with --oauth basic, so that bearer
+# tokens are accepted (azcore sends none over plain http) and checked (claims, not
+# signatures), for the test of queue_endpoint=: exported as FLOWGEN_TEST_AZURE_QUEUE_TLS
+# (the queue service URL). The URL carries everything, the
 # connection strings percent-encoded:
 #   azure://?storage=<Azurite connection string>&cosmos=<Cosmos connection string>&redis=redis://…
 # Both servers accept the well-known public development keys used here.
@@ -547,10 +551,12 @@ azure_more_exports() {
 	local p
 	p=$(cat "$STATE/azure/cosmos-tls.port" 2>/dev/null) || return 0
 	printf "export FLOWGEN_TEST_AZURE_TLS='%s'\n" "AccountEndpoint=https://$HOST:$p/;AccountKey=$COSMOS_KEY;"
+	p=$(cat "$STATE/azure/azurite-tls.port" 2>/dev/null) || return 0
+	printf "export FLOWGEN_TEST_AZURE_QUEUE_TLS='%s'\n" "https://$HOST:$p/devstoreaccount1/"
 }
 
 azure_start_server() {
-	local dir="$STATE/npm" redis_url q_port c_port t_port f p storage cosmos
+	local dir="$STATE/npm" redis_url q_port qt_port c_port t_port f p storage cosmos
 	command -v node >/dev/null || apt_install nodejs npm
 	mkdir -p "$dir" "$STATE/azure"
 	if ! redis_url=$(current_url redis); then
@@ -586,6 +592,20 @@ azure_start_server() {
 		--queueHost "$HOST" --queuePort "$q_port" --inMemoryPersistence --disableTelemetry \
 		--skipApiVersionCheck --silent >"$STATE/azure/azurite.log" 2>&1 </dev/null) &
 	echo $! >"$STATE/azure/azurite.pid"
+	if [ ! -f "$STATE/azure/azurite-tls.key" ]; then
+		command -v openssl >/dev/null || apt_install openssl
+		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$HOST" \
+			-addext "subjectAltName=IP:$HOST,DNS:localhost" \
+			-keyout "$STATE/azure/azurite-tls.key" -out "$STATE/azure/azurite-tls.crt" \
+			>"$STATE/azure/openssl.log" 2>&1 || die "azure: openssl: see $STATE/azure/openssl.log"
+	fi
+	qt_port=$(free_port)
+	(cd "$STATE/azure" && exec nohup node "$dir/node_modules/azurite/dist/src/queue/main.js" \
+		--queueHost "$HOST" --queuePort "$qt_port" --inMemoryPersistence --disableTelemetry \
+		--skipApiVersionCheck --silent --oauth basic \
+		--cert "$STATE/azure/azurite-tls.crt" --key "$STATE/azure/azurite-tls.key" \
+		>"$STATE/azure/azurite-tls.log" 2>&1 </dev/null) &
+	echo $! >"$STATE/azure/azurite-tls.pid"
 	c_port=$(free_port)
 	(cd "$dir" && exec nohup node node_modules/@vercel/cosmosdb-server/lib/cli.js \
 		--host "$HOST" --port "$c_port" --no-ssl >"$STATE/azure/cosmos.log" 2>&1 </dev/null) &
@@ -595,15 +615,17 @@ azure_start_server() {
 		--host "$HOST" --port "$t_port" >"$STATE/azure/cosmos-tls.log" 2>&1 </dev/null) &
 	echo $! >"$STATE/azure/cosmos-tls.pid"
 	for _ in $(seq 1 150); do
-		if tcp_answers "$HOST" "$q_port" && tcp_answers "$HOST" "$c_port" && tcp_answers "$HOST" "$t_port"; then
+		if tcp_answers "$HOST" "$q_port" && tcp_answers "$HOST" "$qt_port" && tcp_answers "$HOST" "$c_port" &&
+			tcp_answers "$HOST" "$t_port"; then
 			storage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=$AZURITE_KEY;QueueEndpoint=http://$HOST:$q_port/devstoreaccount1;"
 			cosmos="AccountEndpoint=http://$HOST:$c_port/;AccountKey=$COSMOS_KEY;"
 			echo "$t_port" >"$STATE/azure/cosmos-tls.port"
+			echo "$qt_port" >"$STATE/azure/azurite-tls.port"
 			save_url azure "azure://?storage=$(urlenc "$storage")&cosmos=$(urlenc "$cosmos")&redis=$(urlenc "$redis_url")"
-			log "azure: Azurite on $HOST:$q_port, cosmosdb-server on $HOST:$c_port (http) and $HOST:$t_port (https), redis at $redis_url (stop them with: scripts/services.sh stop azure)"
+			log "azure: Azurite on $HOST:$q_port (and https, oauth, on $HOST:$qt_port), cosmosdb-server on $HOST:$c_port (http) and $HOST:$t_port (https), redis at $redis_url (stop them with: scripts/services.sh stop azure)"
 			return 0
 		fi
-		for p in azurite cosmos cosmos-tls; do
+		for p in azurite azurite-tls cosmos cosmos-tls; do
 			kill -0 "$(cat "$STATE/azure/$p.pid")" 2>/dev/null || {
 				tail -n 20 "$STATE/azure/$p.log" >&2
 				die "azure: $p exited; see $STATE/azure/$p.log"
@@ -616,7 +638,7 @@ azure_start_server() {
 
 azure_stop_server() { # [quiet]
 	local p pid stopped=0
-	for p in azurite cosmos cosmos-tls; do
+	for p in azurite azurite-tls cosmos cosmos-tls; do
 		[ -f "$STATE/azure/$p.pid" ] || continue
 		pid=$(cat "$STATE/azure/$p.pid")
 		if kill "$pid" 2>/dev/null; then
@@ -630,7 +652,7 @@ azure_stop_server() { # [quiet]
 		fi
 		rm -f "$STATE/azure/$p.pid"
 	done
-	rm -f "$STATE/azure/url" "$STATE/azure/cosmos-tls.port"
+	rm -f "$STATE/azure/url" "$STATE/azure/cosmos-tls.port" "$STATE/azure/azurite-tls.port"
 	if [ "${1:-}" != quiet ]; then
 		if [ $stopped = 1 ]; then log "azure: stopped Azurite and cosmosdb-server (not redis)"; else log "azure: no server started by this script"; fi
 	fi

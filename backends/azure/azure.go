@@ -231,6 +231,9 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	qopts.PerRetryPolicies = []policy.Policy{&meter{calls: &b.queueCalls}}
 	// Queue calls answer at once (there is no long poll): one that hangs is retried.
 	qopts.Retry.TryTimeout = 20 * time.Second
+	if queueTransport != nil {
+		qopts.Transport = queueTransport
+	}
 	var err error
 	cred := o.Credential
 	if cred == nil && (o.Storage == "" || o.Cosmos == "") {
@@ -299,6 +302,10 @@ func New(ctx context.Context, o Options) (*Backend, error) {
 	}
 	return b, nil
 }
+
+// queueTransport, when set (by the tests, for an emulator's self-signed certificate),
+// carries the queue clients' requests.
+var queueTransport policy.Transporter
 
 // redisURL is the URL of the Redis backend that holds the coordination: the user's
 // Redis URL with this backend's prefix, runs kept until ExpireRuns deletes them (their
