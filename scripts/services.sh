@@ -7,8 +7,9 @@
 # Services: postgres (FLOWGEN_TEST_POSTGRES), redis (FLOWGEN_TEST_REDIS),
 # redis-cluster (FLOWGEN_TEST_REDIS_CLUSTER: three masters),
 # aws (FLOWGEN_TEST_AWS: dynalite and local-aws-sqs from npm, kept in .services/npm),
-# azure (FLOWGEN_TEST_AZURE and FLOWGEN_TEST_AZURE_TLS: Azurite and cosmosdb-server from
-# npm, plus the redis service, which it starts when it is not running).
+# azure (FLOWGEN_TEST_AZURE, FLOWGEN_TEST_AZURE_TLS and FLOWGEN_TEST_AZURE_QUEUE_TLS:
+# Azurite and cosmosdb-server from npm, plus the redis service, which it starts when it
+# is not running).
 # Without a name, every service. Use it as
 #   eval "$(scripts/services.sh start postgres)"
 # Export lines go to stdout, everything else to stderr. A service whose variable is set

@@ -286,6 +286,13 @@ func TestParseURLEndpoints(t *testing.T) {
 		t.Errorf("ParseURL with the environment = %+v, %v", o, err)
 	}
 
+	// Both read: New prefers the connection string (TestConnectionStringWins).
+	t.Setenv(EnvStorage, "QueueEndpoint=http://q/acct;")
+	o, err = ParseURL("azure://?queue_endpoint=https%3A%2F%2Furl.queue.core.windows.net%2F")
+	if err != nil || o.Storage != "QueueEndpoint=http://q/acct;" || o.QueueEndpoint != "https://url.queue.core.windows.net/" {
+		t.Errorf("ParseURL with a connection string in the environment = %+v, %v", o, err)
+	}
+
 	for _, bad := range []string{"queue_endpoint=ftp%3A%2F%2Fx", "cosmos_endpoint=not-a-url", "queue_endpoint=https%3A%2F%2Fa%2F%3Fsig%3Dx", "cosmos_endpoint="} {
 		if _, err := ParseURL("azure://?" + bad); err == nil {
 			t.Errorf("ParseURL(%s) succeeded", bad)

@@ -17,8 +17,19 @@
 //   - storage, cosmos, redis: the connection strings of Azure Storage and Cosmos DB and
 //     the redis:// or rediss:// URL of the Redis; without them, the environment's
 //     AZURE_STORAGE_CONNECTION_STRING, COSMOS_DB_CONNECTION_STRING and REDIS_URL.
-//     (Microsoft Entra ID credentials through azidentity are not supported yet: use
-//     connection strings.)
+//   - queue_endpoint, cosmos_endpoint: Microsoft Entra ID instead of keys. Without a
+//     connection string for a service (a connection string always wins, even one from
+//     the environment over an endpoint in the URL), the backend uses its endpoint — the queue service URL
+//     (https://ACCOUNT.queue.core.windows.net/) and the Cosmos DB account endpoint
+//     (https://ACCOUNT.documents.azure.com:443/), percent-encoded in the URL, or the
+//     environment's AZURE_STORAGE_QUEUE_ENDPOINT and COSMOS_DB_ENDPOINT — with a token
+//     credential: Options.Credential when a caller of New sets it, else azidentity's
+//     DefaultAzureCredential (environment variables, workload identity, managed
+//     identity, Azure CLI). The identity needs the Storage Queue Data Contributor role
+//     and Cosmos DB's Built-in Data Contributor SQL role (`flowgen infra azure` prints
+//     both assignments). That Cosmos DB role cannot create databases or containers:
+//     with cosmos_endpoint on the real service, create them with `flowgen infra azure`
+//     and leave create=1 off.
 //   - prefix: the prefix of the Redis keys (default "flowgen:azure:"); deployments with
 //     different prefixes share a Redis without seeing each other.
 //   - inline: values of at least this many bytes go to Cosmos DB (default 64); smaller
@@ -114,8 +125,11 @@
 // # Local servers
 //
 // The tests run against Azurite (queues), @vercel/cosmosdb-server and redis-server
-// (scripts/services.sh start azure). What the Cosmos DB server does not reproduce, and
-// why the code is correct anyway:
+// (scripts/services.sh start azure). The token path runs against the Cosmos server over
+// HTTPS, which ignores the token, and a second Azurite over HTTPS with --oauth basic,
+// which checks a bearer token's issuer, audience and lifetime but not its signature
+// (azcore sends no token over plain http); neither checks roles. What the Cosmos DB
+// server does not reproduce, and why the code is correct anyway:
 //
 //   - It charges 1 request unit per request and never throttles (429) or splits
 //     partitions: cosmos_ru from it is a call count, not a bill; on the real service the

@@ -55,7 +55,12 @@ type azureInfra struct {
 
 const azureCLI = `# az CLI: the resources of the azure:// backend (flowgen infra azure -format cli).
 # Worker URL: azure://?queue={{.Queue}}&poison={{.Poison}}&database={{.Database}}&contexts={{.Contexts}}&statuses={{.Statuses}}
-# with the connection strings printed at the end in the environment.
+# with the connection strings printed at the end in the environment, or, with Microsoft
+# Entra ID instead of keys (managed identity, workload identity, az login), without
+# them and with the endpoints (URL: queue_endpoint= and cosmos_endpoint=, percent-encoded):
+#   export AZURE_STORAGE_QUEUE_ENDPOINT=https://{{.Storage}}.queue.core.windows.net/
+#   export COSMOS_DB_ENDPOINT=https://{{.Cosmos}}.documents.azure.com:443/
+# and the identity granted the roles at the end.
 set -e
 az group create --name {{.Group}} --location {{.Location}}
 
@@ -90,6 +95,13 @@ export COSMOS_DB_CONNECTION_STRING="$(az cosmosdb keys list --type connection-st
   --name {{.Cosmos}} --resource-group {{.Group}} --query 'connectionStrings[0].connectionString' --output tsv)"
 export REDIS_URL="rediss://:$(az redis list-keys --name {{.Redis}} --resource-group {{.Group}} \
   --query primaryKey --output tsv | sed 's/+/%2B/g; s#/#%2F#g; s/=/%3D/g')@{{.Redis}}.redis.cache.windows.net:6380/0"
+
+# Or Microsoft Entra ID for the queues and Cosmos DB (the endpoints above instead of the
+# two connection strings): the roles of the identity PRINCIPAL_ID (object id).
+# az role assignment create --role "Storage Queue Data Contributor" --assignee-object-id "$PRINCIPAL_ID" \
+#   --scope "$(az storage account show --name {{.Storage}} --resource-group {{.Group}} --query id --output tsv)"
+# az cosmosdb sql role assignment create --account-name {{.Cosmos}} --resource-group {{.Group}} \
+#   --role-definition-id 00000000-0000-0000-0000-000000000002 --principal-id "$PRINCIPAL_ID" --scope /
 `
 
 const azureTerraform = `# Terraform (azurerm 4.x): the resources of the azure:// backend (flowgen infra azure -format terraform).
@@ -204,6 +216,16 @@ output "azure_storage_connection_string" {
 output "cosmos_db_connection_string" {
   value     = azurerm_cosmosdb_account.{{ident .Cosmos}}.primary_sql_connection_string
   sensitive = true
+}
+
+# For Microsoft Entra ID instead of the connection strings: the worker URL's
+# queue_endpoint= and cosmos_endpoint= (or AZURE_STORAGE_QUEUE_ENDPOINT, COSMOS_DB_ENDPOINT).
+output "queue_endpoint" {
+  value = azurerm_storage_account.{{ident .Storage}}.primary_queue_endpoint
+}
+
+output "cosmos_endpoint" {
+  value = azurerm_cosmosdb_account.{{ident .Cosmos}}.endpoint
 }
 
 output "redis_url" {

@@ -217,6 +217,8 @@ func TestInfraAzure(t *testing.T) {
 		"--name " + azure.DefaultContexts + " --partition-key-path /runId", "--name " + azure.DefaultStatuses + " --partition-key-path /runId",
 		"az cosmosdb sql database create --account-name flowgen-cosmos --resource-group flowgen-rg --name " + azure.DefaultDatabase,
 		"az redis create", "AZURE_STORAGE_CONNECTION_STRING", "COSMOS_DB_CONNECTION_STRING", "REDIS_URL",
+		"AZURE_STORAGE_QUEUE_ENDPOINT=https://flowgenstorage.queue.core.windows.net/", "COSMOS_DB_ENDPOINT=https://flowgen-cosmos.documents.azure.com:443/",
+		`output "queue_endpoint"`, `output "cosmos_endpoint"`,
 		`resource "azurerm_storage_queue" "jobs_q_poison"`, `resource "azurerm_cosmosdb_sql_container" "statuses"`,
 		`partition_key_paths = ["/runId"]`, `resource "azurerm_redis_cache"`} {
 		if !strings.Contains(stdout, want) {
