@@ -2,8 +2,6 @@ package aws
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -25,33 +23,10 @@ const (
 	earlyGrace    = 50 * time.Millisecond
 )
 
-// message is a job as an SQS message body: ids only, never outputs.
-type message struct {
-	ID        string `json:"id"`
-	Run       string `json:"run"`
-	Workflow  string `json:"wf,omitempty"`
-	Version   string `json:"ver,omitempty"`
-	Kind      uint8  `json:"kind,omitempty"`
-	Node      string `json:"node,omitempty"`
-	From      string `json:"from,omitempty"`
-	Attempt   int    `json:"att,omitempty"`
-	Priority  int    `json:"pri,omitempty"`
-	NotBefore int64  `json:"nb,omitempty"` // Unix nanoseconds
-	Err       string `json:"err,omitempty"`
-	// Prior counts the receives of earlier copies of this job (a copy is sent when a
-	// received job is handed back unseen, or re-delayed), added to ApproximateReceiveCount.
-	Prior int `json:"prior,omitempty"`
-}
-
-func encodeJob(j backend.Job, prior int) string {
-	m := message{Prior: prior, ID: j.ID, Run: j.Run, Workflow: j.Workflow, Version: j.Version, Kind: uint8(j.Kind), Node: j.Node,
-		From: j.From, Attempt: j.Attempt, Priority: j.Priority, Err: j.Err}
-	if !j.NotBefore.IsZero() {
-		m.NotBefore = j.NotBefore.UnixNano()
-	}
-	data, _ := json.Marshal(m) // strings and numbers only: cannot fail
-	return string(data)
-}
+// encodeJob is a job as an SQS message body: ids only, never outputs. prior counts the
+// receives of earlier copies of the job (a copy is sent when a received job is handed
+// back unseen, or re-delayed), added to ApproximateReceiveCount.
+func encodeJob(j backend.Job, prior int) string { return backend.EncodeMessage(j, prior) }
 
 // DecodeJob decodes an SQS message body written by this backend.
 func DecodeJob(body string) (backend.Job, error) {
@@ -59,21 +34,13 @@ func DecodeJob(body string) (backend.Job, error) {
 	return j, err
 }
 
-// decodeJob decodes a message body into the job and its Prior count.
+// decodeJob decodes a message body into the job and its prior count.
 func decodeJob(body string) (backend.Job, int, error) {
-	var m message
-	if err := json.Unmarshal([]byte(body), &m); err != nil {
-		return backend.Job{}, 0, fmt.Errorf("aws: message body is not a flowgen job: %w", err)
+	j, prior, err := backend.DecodeMessage([]byte(body))
+	if err != nil {
+		return j, 0, fmt.Errorf("aws: SQS %w", err)
 	}
-	if m.ID == "" || m.Run == "" {
-		return backend.Job{}, 0, errors.New("aws: message body is not a flowgen job: no id or run")
-	}
-	j := backend.Job{ID: m.ID, Run: m.Run, Workflow: m.Workflow, Version: m.Version, Kind: backend.JobKind(m.Kind),
-		Node: m.Node, From: m.From, Attempt: m.Attempt, Priority: m.Priority, Err: m.Err}
-	if m.NotBefore != 0 {
-		j.NotBefore = time.Unix(0, m.NotBefore)
-	}
-	return j, m.Prior, nil
+	return j, prior, nil
 }
 
 // DecodeMessage decodes an SQS message body written by this backend for a serverless

@@ -27,35 +27,14 @@ const (
 	maxPoll       = 250 * time.Millisecond // longest pause between two polls
 )
 
-// message is a job as a queue message: ids only, never outputs.
-type message struct {
-	ID        string `json:"id"`
-	Run       string `json:"run"`
-	Workflow  string `json:"wf,omitempty"`
-	Version   string `json:"ver,omitempty"`
-	Kind      uint8  `json:"kind,omitempty"`
-	Node      string `json:"node,omitempty"`
-	From      string `json:"from,omitempty"`
-	Attempt   int    `json:"att,omitempty"`
-	Priority  int    `json:"pri,omitempty"`
-	NotBefore int64  `json:"nb,omitempty"` // Unix nanoseconds
-	Err       string `json:"err,omitempty"`
-	// Prior counts the deliveries of earlier copies of this job (a copy is sent when a
-	// dequeued job is handed back unseen, or re-delayed), added to DequeueCount.
-	Prior int `json:"prior,omitempty"`
-}
-
+// encodeJob is a job as a queue message: ids only, never outputs, Job.Err cut to fit.
+// prior counts the deliveries of earlier copies of the job (a copy is sent when a
+// dequeued job is handed back unseen, or re-delayed), added to DequeueCount.
 func encodeJob(j backend.Job, prior int) string {
 	if len(j.Err) > maxErr {
 		j.Err = j.Err[:maxErr] + "…"
 	}
-	m := message{Prior: prior, ID: j.ID, Run: j.Run, Workflow: j.Workflow, Version: j.Version, Kind: uint8(j.Kind),
-		Node: j.Node, From: j.From, Attempt: j.Attempt, Priority: j.Priority, Err: j.Err}
-	if !j.NotBefore.IsZero() {
-		m.NotBefore = j.NotBefore.UnixNano()
-	}
-	data, _ := json.Marshal(m) // strings and numbers only: cannot fail
-	return string(data)
+	return backend.EncodeMessage(j, prior)
 }
 
 // DecodeJob decodes a queue message written by this backend: its JSON text, or that
@@ -67,25 +46,17 @@ func DecodeJob(body string) (backend.Job, error) {
 }
 
 func decodeJob(body string) (backend.Job, int, error) {
-	var m message
 	data := []byte(body)
 	if len(data) > 0 && data[0] != '{' {
 		if dec, err := base64.StdEncoding.DecodeString(body); err == nil {
 			data = dec
 		}
 	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		return backend.Job{}, 0, fmt.Errorf("azure: message is not a flowgen job: %w", err)
+	j, prior, err := backend.DecodeMessage(data)
+	if err != nil {
+		return j, 0, fmt.Errorf("azure: queue %w", err)
 	}
-	if m.ID == "" || m.Run == "" {
-		return backend.Job{}, 0, errors.New("azure: message is not a flowgen job: no id or run")
-	}
-	j := backend.Job{ID: m.ID, Run: m.Run, Workflow: m.Workflow, Version: m.Version, Kind: backend.JobKind(m.Kind),
-		Node: m.Node, From: m.From, Attempt: m.Attempt, Priority: m.Priority, Err: m.Err}
-	if m.NotBefore != 0 {
-		j.NotBefore = time.Unix(0, m.NotBefore)
-	}
-	return j, m.Prior, nil
+	return j, prior, nil
 }
 
 // DecodeMessage decodes a message body for Worker.HandleMessage
