@@ -8,7 +8,7 @@
 //	flowgen graph [-format mermaid|dot] blueprint.json
 //	flowgen schema
 //	flowgen bench [-backend URL] [-shapes ...] [-runs N] [-inflight N] [-workers N] [-json]
-//	flowgen infra aws [-format cli|terraform|both]
+//	flowgen infra aws|azure [-format cli|terraform|both]
 package main
 
 import (
@@ -37,8 +37,8 @@ Usage:
         print the JSON Schema of the blueprint format
   flowgen bench [-backend URL] [-shapes LIST] [-runs N] [-inflight N] [-workers N] [-json]
         run the benchmark shapes and print throughput and latency
-  flowgen infra aws [-format cli|terraform|both]
-        print the AWS CLI commands and Terraform that create the aws:// backend's resources
+  flowgen infra aws|azure [-format cli|terraform|both]
+        print the CLI commands and Terraform that create the aws:// or azure:// backend's resources
 
 Run "flowgen COMMAND -h" for a command's flags. Errors go to stderr with
 file:line:col positions; the exit status is 1 on any error.
