@@ -309,13 +309,18 @@ var queueTransport policy.Transporter
 
 // redisURL is the URL of the Redis backend that holds the coordination: the user's
 // Redis URL with this backend's prefix, runs kept until ExpireRuns deletes them (their
-// status items live in Cosmos DB as long), and values up to MaxValueSize.
+// status items live in Cosmos DB as long), and values up to MaxValueSize. On a Redis
+// Cluster (cluster=true in the URL) the prefix becomes a hash tag, "{flowgen:azure}:",
+// since the Redis backend keeps all its keys in one slot there.
 func redisURL(raw, prefix string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 		return "", fmt.Errorf("azure: redis= %q: want a redis:// or rediss:// URL", redactURL(raw))
 	}
 	q := u.Query()
+	if cluster, _ := strconv.ParseBool(q.Get("cluster")); cluster {
+		prefix = "{" + strings.TrimSuffix(prefix, ":") + "}:"
+	}
 	q.Set("prefix", prefix)
 	q.Set("ttl", "0")
 	q.Set("maxvalue", strconv.Itoa(MaxValueSize))

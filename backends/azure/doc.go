@@ -119,8 +119,9 @@
 // # Limits
 //
 // Values, run inputs and results above MaxValueSize (1 MiB; a Cosmos DB item holds
-// 2 MB) fail with an error wrapping backend.ErrTooLarge. Redis Cluster is not supported
-// (see package redis); use a non-clustered Azure Cache for Redis.
+// 2 MB) fail with an error wrapping backend.ErrTooLarge. On a Redis Cluster (a redis=
+// URL with cluster=true and addr= seed nodes), the coordination keys share one slot,
+// named by the prefix as a hash tag (see package redis).
 //
 // # Local servers
 //
