@@ -92,6 +92,19 @@ func handleOf(d *backend.Delivery) (*handle, error) {
 	return h, nil
 }
 
+// handlesOf returns the handles of ds, or the error of the first that has none.
+func handlesOf(ds []*backend.Delivery) ([]*handle, error) {
+	hs := make([]*handle, len(ds))
+	for i, d := range ds {
+		h, err := handleOf(d)
+		if err != nil {
+			return nil, err
+		}
+		hs[i] = h
+	}
+	return hs, nil
+}
+
 // visibility is the visibility timeout that makes a job visible no earlier than its
 // NotBefore, in whole seconds, at most seven days (a longer delay is re-delayed when the
 // job surfaces).
@@ -365,13 +378,9 @@ func (b *Backend) Ack(ctx context.Context, ds ...*backend.Delivery) error {
 	if err := b.check(); err != nil {
 		return err
 	}
-	hs := make([]*handle, len(ds))
-	for i, d := range ds {
-		h, err := handleOf(d)
-		if err != nil {
-			return err
-		}
-		hs[i] = h
+	hs, err := handlesOf(ds)
+	if err != nil {
+		return err
 	}
 	return b.each(len(hs), func(i int) error { return b.deleteOne(ctx, hs[i]) })
 }
@@ -433,13 +442,9 @@ func (b *Backend) Extend(ctx context.Context, lease time.Duration, ds ...*backen
 		return err
 	}
 	vis := leaseSeconds(lease)
-	hs := make([]*handle, len(ds))
-	for i, d := range ds {
-		h, err := handleOf(d)
-		if err != nil {
-			return err
-		}
-		hs[i] = h
+	hs, err := handlesOf(ds)
+	if err != nil {
+		return err
 	}
 	return b.each(len(hs), func(i int) error {
 		h := hs[i]
